@@ -1,0 +1,38 @@
+"""tfmetanas: meta-learning and few-shot NAS (METANAS, MAML++, ALFA, SUMNAS) in TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfmetanas",
+    version="0.1.0",
+    description=(
+        "Gradient-based meta-learning and neural architecture search for few-shot learning "
+        "in TensorFlow 2 / Keras 3: METANAS, MAML++, ALFA, SUMNAS, MAML and Reptile."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfmetanas", "tfmetanas.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21",
+        "keras>=3.0",
+        "tensorboard>=2.21",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=1.0",
+        "ml-collections>=0.1.1",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "ruff>=0.5"],
+        "cpu": ["tensorflow-cpu>=2.21"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tfmetanas-train=tfmetanas.train:run",
+            "tfmetanas-evaluate=tfmetanas.evaluate:run",
+        ],
+    },
+)

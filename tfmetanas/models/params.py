@@ -1,0 +1,150 @@
+"""Parameters are values, models are functions.
+
+Every trainable variable of a tfmetanas model belongs to exactly one
+*parameter group*, declared where the variable is created:
+
+- ``weights``: adapted in the inner loop and meta-learned (conv/dense kernels,
+  DARTS op weights);
+- ``arch``: architecture logits (METANAS alpha/beta), adapted by METANAS and
+  meta-learned;
+- ``meta``: learned in the outer loop only (BN gamma/beta by default, MAML++
+  per-step BN weights, LSLR rates, ALFA generator).
+
+Non-trainable variables are *state* (BN statistics).
+
+`FunctionalModel` turns a built Keras model into a pure function
+``(params, state, inputs) -> (outputs, new_state)`` through Keras 3
+``stateless_call``. Inner loops work on dicts of tensors keyed by variable path
+(``fast_weights``); they never assign to variables and never clone models.
+Parameters that are not passed in are read from the variables, so an outer
+`tf.GradientTape` sees them.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfmetanas import errors
+
+GROUPS = ("weights", "arch", "meta")
+_ATTR = "_tfmetanas_group"
+
+
+def set_group(variable, group):
+    """Declares the parameter group of a trainable variable; returns it."""
+    if group not in GROUPS:
+        raise errors.ConfigError(f"Unknown parameter group {group!r}; valid: {GROUPS}.")
+    setattr(variable, _ATTR, group)
+    return variable
+
+
+def group_of(variable):
+    """The group of a trainable variable (untagged ones are ``weights``)."""
+    return getattr(variable, _ATTR, "weights")
+
+
+def add_param(layer, name, shape, initializer, group="weights", trainable=True, dtype=None):
+    """`layer.add_weight` that also declares the group of the new variable."""
+    v = layer.add_weight(
+        name=name, shape=shape, initializer=initializer, trainable=trainable, dtype=dtype
+    )
+    if trainable:
+        set_group(v, group)
+    return v
+
+
+def set_layer_group(layer, group):
+    """Declares every trainable variable of a built layer as `group`."""
+    for v in layer.trainable_variables:
+        set_group(v, group)
+
+
+class FunctionalModel:
+    """A built Keras model seen as a pure function of its parameter values.
+
+    Args:
+      model: a built `keras.Model` (call it once, or `build` it, first).
+
+    Example:
+      fm = FunctionalModel(model)
+      fast_weights = fm.params("weights")
+      logits, state = fm(fast_weights, fm.state(), images, training=True)
+    """
+
+    def __init__(self, model):
+        if not model.built:
+            raise ValueError("FunctionalModel needs a built model: call it on a batch first.")
+        self.model = model
+        self.trainable_variables = list(model.trainable_variables)
+        self.non_trainable_variables = list(model.non_trainable_variables)
+        self.paths = [v.path for v in self.trainable_variables]
+        self.state_paths = [v.path for v in self.non_trainable_variables]
+        if len(set(self.paths)) != len(self.paths):
+            raise ValueError(f"Variable paths of {model.name} are not unique: {self.paths}")
+        self.variables_by_path = {v.path: v for v in self.trainable_variables}
+        self.state_variables_by_path = {v.path: v for v in self.non_trainable_variables}
+        self.group_of = {v.path: group_of(v) for v in self.trainable_variables}
+
+    def variables(self, group=None):
+        """Trainable variables of one group (all if None), in model order."""
+        return [
+            v
+            for v in self.trainable_variables
+            if group is None or self.group_of[v.path] == group
+        ]
+
+    def paths_of(self, group):
+        return [p for p in self.paths if self.group_of[p] == group]
+
+    def params(self, groups=None):
+        """Current values ``{path: tensor}`` of the variables of `groups`.
+
+        Values are read with `tf.identity`, so an outer tape that watches the
+        variables differentiates through them.
+        """
+        if isinstance(groups, str):
+            groups = (groups,)
+        return {
+            v.path: tf.identity(v.value)
+            for v in self.trainable_variables
+            if groups is None or self.group_of[v.path] in groups
+        }
+
+    def state(self):
+        """Current non-trainable state ``{path: tensor}`` (BN statistics)."""
+        return {v.path: tf.identity(v.value) for v in self.non_trainable_variables}
+
+    def __call__(self, params, state, inputs, training=False, **kwargs):
+        """Runs the model on substituted values.
+
+        Args:
+          params: ``{path: tensor}`` for some trainable variables; the others are
+            read from the variables themselves.
+          state: ``{path: tensor}`` for the non-trainable variables, or None to
+            read them from the variables.
+          inputs: model inputs.
+          training: passed to the model.
+          **kwargs: extra call arguments (``step``, ``temperature``, ...).
+
+        Returns:
+          ``(outputs, new_state)`` with new_state a ``{path: tensor}`` dict.
+        """
+        trainable = [params.get(v.path, v.value) for v in self.trainable_variables]
+        if state is None:
+            non_trainable = [v.value for v in self.non_trainable_variables]
+        else:
+            non_trainable = [state.get(v.path, v.value) for v in self.non_trainable_variables]
+        outputs, new_non_trainable = self.model.stateless_call(
+            trainable, non_trainable, inputs, training=training, **kwargs
+        )
+        return outputs, dict(zip(self.state_paths, new_non_trainable))
+
+    def assign_state(self, state):
+        for path, value in state.items():
+            self.state_variables_by_path[path].assign(value)
+
+    def assign_params(self, params):
+        for path, value in params.items():
+            self.variables_by_path[path].assign(value)
+
+    def count_params(self, groups=("weights",)):
+        return int(sum(keras.ops.size(v) for v in self.trainable_variables if self.group_of[v.path] in groups))
