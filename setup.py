@@ -14,7 +14,6 @@ setup(
     packages=find_packages(include=["tfmetanas", "tfmetanas.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "tensorflow>=2.21",
         "keras>=3.0",
         "tensorboard>=2.21",
         "tensorflow-datasets>=4.9",
@@ -27,7 +26,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.0", "pytest-xdist>=3.0", "ruff>=0.5"],
+        # TensorFlow itself is an extra so that CPU and GPU users pick their build:
+        # `.[cpu]` installs the small CPU wheel, `.[gpu]` the CUDA build.
         "cpu": ["tensorflow-cpu>=2.21"],
+        "gpu": ["tensorflow[and-cuda]>=2.21"],
     },
     entry_points={
         "console_scripts": [
