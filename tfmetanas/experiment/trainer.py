@@ -1,0 +1,248 @@
+"""The meta-training loop: state, checkpoints, summaries, evaluation schedule.
+
+`train(config, workdir)` is what `tfmetanas-train` calls; tests call it
+directly. It reads top to bottom in phases: workdir, input pipeline, model and
+algorithm, checkpoint restore, step function, loop, final validation.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfmetanas import data as data_lib
+from tfmetanas import errors
+from tfmetanas.experiment import evaluation, workdir as workdir_lib
+from tfmetanas.meta import algorithms
+from tfmetanas.models import params as params_lib
+from tfmetanas.models import zoo
+
+
+def data_root(config):
+    """`data.root`, else $TFMETANAS_DATA_DIR, else ''."""
+    root = config.data.get("root", "") or os.environ.get("TFMETANAS_DATA_DIR", "")
+    return root
+
+
+def _data_config(config):
+    data_config = config.data
+    if not data_config.get("root", ""):
+        data_config = data_config.copy_and_resolve_references()
+        with data_config.unlocked():
+            data_config.root = data_root(config)
+    return data_config
+
+
+def validate(config):
+    """Checks the values every training config shares, before anything runs."""
+    for key in ("data", "model", "inner", "meta", "train", "eval"):
+        if key not in config:
+            raise errors.ConfigError(f"The config has no '{key}' section.")
+    if int(config.train.steps) < 0:
+        raise errors.ConfigError(f"train.steps must be >= 0, got {config.train.steps}.")
+    if int(config.meta.meta_batch_size) < 1:
+        raise errors.ConfigError(
+            f"meta.meta_batch_size must be >= 1, got {config.meta.meta_batch_size}."
+        )
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if int(config.meta.meta_batch_size) % replicas:
+        raise errors.ConfigError(
+            f"meta.meta_batch_size={config.meta.meta_batch_size} does not split over {replicas} replicas."
+        )
+
+
+class Experiment:
+    """Everything a run builds from its config: sources, model, algorithm, checkpoint.
+
+    Shared by training, evaluation and export so they build the same objects.
+    """
+
+    def __init__(self, config, splits=("train", "val")):
+        self.config = config
+        seed = int(config.train.seed)
+        data_config = _data_config(config)
+        self.sources = {s: data_lib.get_task_source(data_config, s, seed) for s in splits}
+        probe = self.sources[splits[0]]
+        self.kind = probe.kind
+        self.input_shape = tuple(probe.input_shape)
+        self.output_dim = int(probe.output_dim)
+        self.strategy = tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.model = zoo.build_model(config.model, self.input_shape, self.output_dim, seed=seed)
+            self.fmodel = params_lib.FunctionalModel(self.model)
+            self.algorithm = algorithms.build_algorithm(config, self.fmodel, self.kind)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.best_metric = tf.Variable(np.nan, dtype=tf.float32, trainable=False, name="best")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, step=self.step, best_metric=self.best_metric,
+            **self.algorithm.trackables,
+        )
+
+    def higher_is_better(self):
+        return self.kind == "classification"
+
+    def metric_of(self, summary):
+        return summary["accuracy_mean"] if self.kind == "classification" else summary["mse_mean"]
+
+
+def _scalars(writer, step, values):
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            value = np.asarray(value)
+            if value.ndim == 0:
+                tf.summary.scalar(name, float(value))
+            else:
+                for j, v in enumerate(value.reshape(-1)):
+                    tf.summary.scalar(f"{name}/step_{j}", float(v))
+
+
+def _learning_rates(algorithm, step):
+    out = {}
+    for name, opt in algorithm.meta_learner.optimizers.items():
+        lr = opt.learning_rate
+        out[f"lr/outer/{name}"] = float(lr(step) if callable(lr) else lr)
+    for v in algorithm.learner.variables:
+        if v.path.startswith("lslr__") or "lslr" in v.path:
+            out[f"lr/inner/{v.path}"] = np.asarray(v.value)
+    return out
+
+
+def train(config, workdir):
+    """Meta-trains `config` in `workdir`; resumes from its checkpoint if any.
+
+    Returns:
+      The last validation summary (or {} when no validation ran).
+    """
+    # Workdir and config: refuse a workdir that holds another run before
+    # anything is built or written.
+    validate(config)
+    workdir_lib.prepare_workdir(workdir, config)
+    steps = int(config.train.steps)
+    batch = int(config.meta.meta_batch_size)
+    eval_every = int(config.train.get("eval_every", 0) or 0)
+    log_every = max(int(config.train.get("log_every", 50) or 50), 1)
+    ckpt_every = int(config.train.get("checkpoint_every", 0) or eval_every or steps or 1)
+    keep_best = int(config.train.get("keep_best", 1) or 1)
+
+    # Model, algorithm, checkpoints.
+    exp = Experiment(config)
+    latest = workdir_lib.checkpoint_manager(workdir, exp.checkpoint, "latest")
+    best = workdir_lib.checkpoint_manager(workdir, exp.checkpoint, "best", max_to_keep=keep_best)
+    if latest.latest_checkpoint:
+        workdir_lib.restore(workdir, exp.checkpoint, "latest")
+        logging.info("Resumed from %s at step %d.", latest.latest_checkpoint, int(exp.step))
+    start = int(exp.step.numpy())
+    writers = workdir_lib.summary_writers(workdir)
+
+    # Input pipeline: task i of the stream is a pure function of (seed, i),
+    # so starting at task start * batch continues the identical stream.
+    train_source, val_source = exp.sources["train"], exp.sources["val"]
+    dataset = exp.strategy.experimental_distribute_dataset(
+        train_source.dataset(start * batch, batch)
+    )
+    iterator = iter(dataset)
+
+    # The meta-step: one tf.function per derivative order (MAML++'s DA
+    # switches between them); each traces once.
+    jit = bool(config.train.get("jit_compile", False))
+    check_xla(config, jit)
+    algorithm = exp.algorithm
+
+    def make_step(second_order):
+        def replica(tasks, iteration):
+            return algorithm.meta_learner.replica_step(tasks, iteration, second_order=second_order)
+
+        def step_fn(tasks, iteration):
+            per_replica = exp.strategy.run(replica, args=(tasks, iteration))
+            return exp.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+        return tf.function(step_fn, jit_compile=jit)
+
+    step_fns = {}
+    evaluator = evaluation.Evaluator(algorithm, exp.kind, jit_compile=False)
+    num_eval_tasks = int(config.eval.get("num_val_tasks", config.eval.num_tasks))
+
+    def validate_and_checkpoint(step):
+        summary, _ = evaluator.run(val_source, num_eval_tasks, int(config.eval.get("batch_size", 10)))
+        _scalars(writers["eval"], step, {"val/" + k: v for k, v in summary.items()
+                                          if isinstance(v, (int, float))})
+        metric = exp.metric_of(summary)
+        prev = float(exp.best_metric.numpy())
+        improved = math.isnan(prev) or (metric > prev if exp.higher_is_better() else metric < prev)
+        if improved:
+            exp.best_metric.assign(metric)
+            best.save(checkpoint_number=step)
+        latest.save(checkpoint_number=step)
+        logging.info("step %d validation: %s%s", step, summary, " (best)" if improved else "")
+        return summary
+
+    # The loop.
+    last_summary = {}
+    t0, last_log, last_log_step = time.time(), time.time(), start
+    for step in range(start, steps):
+        second_order = algorithm.second_order(step)
+        if second_order not in step_fns:
+            step_fns[second_order] = make_step(second_order)
+        metrics = step_fns[second_order](next(iterator), tf.constant(step, tf.int64))
+        loss = float(metrics["meta/loss"])
+        if not math.isfinite(loss):
+            raise errors.NonFiniteLossError(
+                f"Non-finite meta-loss {loss} at step {step}. The last good checkpoint in "
+                f"{workdir}/checkpoints is untouched; lower meta.lr or inner.lr and resume."
+            )
+        exp.step.assign(step + 1)
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            values = {k: v.numpy() for k, v in metrics.items()}
+            values.update(_learning_rates(algorithm, step))
+            values["meta/param_norm"] = float(tf.linalg.global_norm(algorithm.meta_learner.variables or [tf.zeros([])]))
+            values["meta/second_order"] = float(second_order)
+            _scalars(writers["train"], done, values)
+            rate = (done - last_log_step) / max(time.time() - last_log, 1e-9)
+            eta = (steps - done) / max(rate, 1e-9)
+            if config.train.get("progress", True):
+                print(
+                    f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
+                    f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}",
+                    flush=True,
+                )
+            last_log, last_log_step = time.time(), done
+        if eval_every and done % eval_every == 0:
+            last_summary = validate_and_checkpoint(done)
+        elif done % ckpt_every == 0:
+            latest.save(checkpoint_number=done)
+
+    # Final validation and checkpoint (if the last step did not already).
+    final = int(exp.step.numpy())
+    if not (eval_every and final % eval_every == 0 and final > start):
+        last_summary = validate_and_checkpoint(final)
+    for w in writers.values():
+        w.flush()
+    logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
+    return last_summary
+
+
+def check_xla(config, jit_compile):
+    """Refuses compiled combinations where XLA's meta-gradients are wrong.
+
+    XLA lowers `MaxPoolGradGrad` on bf16-rounded inputs, which makes
+    second-order meta-gradients through max-pooling off by percents (DESIGN.md;
+    tests/meta/xla_test.py measures it). Use the strided conv4 variant, first
+    order, or jit_compile=False.
+    """
+    if not jit_compile:
+        return
+    model = config.model
+    uses_max_pool = model.get("name", "conv4") in ("conv4", "resnet12") and (
+        model.get("downsample", "max_pool") == "max_pool"
+    )
+    if uses_max_pool and bool(config.meta.get("second_order", False)):
+        raise errors.ConfigError(
+            "train.jit_compile=True with second-order meta-gradients through max-pooling is "
+            "refused: XLA's MaxPoolGradGrad rounds to bf16 and the meta-gradients come out wrong "
+            "by percents. Set train.jit_compile=False, meta.second_order=False, or "
+            "model.downsample='strided'."
+        )

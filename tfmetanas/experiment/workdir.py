@@ -1,0 +1,139 @@
+"""The workdir of a run: resolved config, checkpoints, summary writers.
+
+Layout (DESIGN.md, "Outputs of a run"):
+  config.json        the resolved config
+  checkpoints/       tf.train.CheckpointManager (atomic writes; resume is automatic)
+  checkpoints/best/  the best-by-validation checkpoint(s)
+  train/, eval/      TensorBoard event files
+  eval_<split>.json  evaluation results
+"""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from tfmetanas import errors
+
+# Keys that may differ between a run and its resumption (they do not change
+# what the checkpoint holds).
+RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+                  "eval.num_tasks", "data.root", "train.jit_compile", "train.progress")
+
+
+def write_json_atomic(path, obj):
+    """Writes JSON to `path` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_to_dict(config):
+    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+
+
+def prepare_workdir(workdir, config):
+    """Creates `workdir` and writes `config.json`.
+
+    If the workdir already holds a run, its config must agree with `config`
+    except for the keys in `RESUMABLE_KEYS`; otherwise a `CheckpointError`
+    names the differing keys (resuming with another model would fail deep in
+    TensorFlow, or silently train something else).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    new = config_to_dict(config)
+    if os.path.exists(path) and has_checkpoint(workdir):
+        with open(path) as f:
+            old = json.load(f)
+        a, b = _flatten(old), _flatten(new)
+        diff = sorted(
+            k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS
+        )
+        if diff:
+            details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:10])
+            raise errors.CheckpointError(
+                f"The workdir {workdir} holds a run with another config ({details}). "
+                "Use a new --workdir, or the same config to resume."
+            )
+    write_json_atomic(path, new)
+    return new
+
+
+def load_config(workdir):
+    """The `config.json` of a workdir as an ml_collections.ConfigDict."""
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise errors.CheckpointError(
+            f"{workdir} is not a tfmetanas workdir: no config.json. Train first with "
+            f"`tfmetanas-train --config=... --workdir={workdir}`."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_dir(workdir, which="latest"):
+    return os.path.join(workdir, "checkpoints", "best" if which == "best" else "")
+
+
+def has_checkpoint(workdir):
+    return tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")) is not None
+
+
+def checkpoint_manager(workdir, checkpoint, which="latest", max_to_keep=3):
+    """A CheckpointManager in ``workdir/checkpoints`` (or ``.../best``)."""
+    return tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir(workdir, which), max_to_keep=max_to_keep
+    )
+
+
+def restore(workdir, checkpoint, which="latest"):
+    """Restores `checkpoint` from the workdir; returns the path used."""
+    if which not in ("latest", "best"):
+        raise errors.ConfigError(f"--checkpoint must be 'best' or 'latest', not {which!r}.")
+    path = tf.train.latest_checkpoint(checkpoint_dir(workdir, which))
+    if path is None and which == "best":
+        path = tf.train.latest_checkpoint(checkpoint_dir(workdir, "latest"))
+    if path is None:
+        raise errors.CheckpointError(
+            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first, or check --workdir."
+        )
+    try:
+        checkpoint.restore(path).expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise errors.CheckpointError(
+            f"The checkpoint {path} does not fit this config's model ({e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:300]})."
+        ) from e
+    return path
+
+
+def summary_writers(workdir):
+    """One writer per subdirectory: ``train/`` and ``eval/``."""
+    return {
+        name: tf.summary.create_file_writer(os.path.join(workdir, name))
+        for name in ("train", "eval")
+    }

@@ -1,0 +1,180 @@
+"""Algorithms by name: a task learner x a meta-learner, built from a config.
+
+``build_algorithm(config, model, kind)`` reads the ``inner`` and ``meta``
+sections of a training config and returns an `Algorithm`: the task learner,
+the meta-learner, which derivative order to use at a given iteration, and the
+meta-test adaptation procedure. Algorithms never read flags.
+
+Config keys (units in brackets):
+  inner.steps            inner steps in meta-training
+  inner.eval_steps       inner steps at meta-test (validation and test)
+  inner.rule             "sgd" | "adam" | "lslr"
+  inner.lr               inner learning rate (LSLR: initial value)
+  inner.adam_beta1       Adam beta1 (Reptile/METANAS: 0)
+  inner.weight_decay     L2 weight decay of the inner rule
+  inner.bn_mode          "transductive" | "running"
+  meta.algorithm         "maml" | "reptile" | "none"
+  meta.meta_batch_size   tasks per meta-step (global)
+  meta.second_order      MAML: exact second-order meta-gradients
+  meta.optimizer         MAML outer optimizer: "adam" | "sgd"
+  meta.lr                outer learning rate (Reptile: weights step size)
+  meta.schedule          "constant" | "cosine" | "linear" (linear: to 0, Reptile)
+  meta.min_lr            cosine/linear floor
+  meta.step_sizes        Reptile: {group: meta step size}
+"""
+
+import keras
+import tensorflow as tf
+
+from tfmetanas import errors, registry
+from tfmetanas.meta import inner, learners, rules
+
+ALGORITHMS = registry.Registry("meta-learning algorithm")
+INNER_RULES = registry.Registry("inner-loop update rule")
+
+
+def _get(section, key, default):
+    if section is None:
+        return default
+    return section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+
+
+@INNER_RULES.register("sgd")
+def _sgd(inner_config, fmodel, group):
+    del fmodel, group
+    return rules.SGD(
+        float(_get(inner_config, "lr", 0.4)),
+        momentum=float(_get(inner_config, "momentum", 0.0)),
+        weight_decay=float(_get(inner_config, "weight_decay", 0.0)),
+    )
+
+
+@INNER_RULES.register("adam")
+def _adam(inner_config, fmodel, group):
+    del fmodel, group
+    return rules.Adam(
+        float(_get(inner_config, "lr", 1e-3)),
+        beta1=float(_get(inner_config, "adam_beta1", 0.0)),
+        beta2=float(_get(inner_config, "adam_beta2", 0.999)),
+        weight_decay=float(_get(inner_config, "weight_decay", 0.0)),
+    )
+
+
+@INNER_RULES.register("lslr")
+def _lslr(inner_config, fmodel, group):
+    return rules.LSLR(
+        fmodel.paths_of(group), int(_get(inner_config, "steps", 1)), float(_get(inner_config, "lr", 0.1))
+    )
+
+
+def outer_schedule(meta_config, total_steps, base_lr):
+    """A Keras learning-rate schedule over meta-iterations."""
+    schedule = _get(meta_config, "schedule", "constant")
+    min_lr = float(_get(meta_config, "min_lr", 0.0))
+    if schedule == "constant":
+        return float(base_lr)
+    if schedule == "cosine":
+        # Cosine annealing to min_lr (MAML++ "CA"; alpha is the floor's fraction).
+        return keras.optimizers.schedules.CosineDecay(
+            float(base_lr), max(int(total_steps), 1), alpha=min_lr / float(base_lr) if base_lr else 0.0
+        )
+    if schedule == "linear":
+        return keras.optimizers.schedules.PolynomialDecay(
+            float(base_lr), max(int(total_steps), 1), end_learning_rate=min_lr, power=1.0
+        )
+    raise errors.ConfigError(
+        f"Unknown meta.schedule {schedule!r}; valid: 'constant', 'cosine', 'linear'."
+    )
+
+
+class Algorithm:
+    """A task learner and a meta-learner, plus the meta-test procedure.
+
+    Attributes:
+      learner: the `TaskLearner`.
+      meta_learner: the `MetaLearner`.
+      eval_steps: inner steps at meta-test.
+    """
+
+    def __init__(self, learner, meta_learner, eval_steps, second_order=False, first_order_until=0):
+        self.learner = learner
+        self.meta_learner = meta_learner
+        self.eval_steps = int(eval_steps)
+        self._second_order = bool(second_order)
+        self.first_order_until = int(first_order_until)
+
+    def second_order(self, iteration):
+        """Derivative order at `iteration` (MAML++ "DA": first order until a given iteration)."""
+        return self._second_order and iteration >= self.first_order_until
+
+    def test_adapt(self, task):
+        """Meta-test adaptation of one task (first order, `eval_steps` steps)."""
+        return self.learner.adapt(task, num_steps=self.eval_steps, use_while_loop=True)
+
+    @property
+    def trackables(self):
+        """What a checkpoint must hold besides the model."""
+        out = {"rule_variables": list(self.learner.variables)}
+        out.update(self.meta_learner.optimizers)
+        return out
+
+
+def build_task_learner(config, fmodel, kind, forward_kwargs=inner.default_forward_kwargs):
+    inner_config = config.inner
+    rule_name = _get(inner_config, "rule", "sgd")
+    groups = tuple(_get(inner_config, "groups", ("weights",)))
+    rule_builder = INNER_RULES.get(rule_name)
+    rules_by_group = {g: rule_builder(inner_config, fmodel, g) for g in groups}
+    return inner.TaskLearner(
+        fmodel,
+        rules_by_group,
+        int(_get(inner_config, "steps", 5)),
+        kind=kind,
+        bn_mode=_get(inner_config, "bn_mode", "transductive"),
+        forward_kwargs=forward_kwargs,
+    )
+
+
+@ALGORITHMS.register("maml")
+def _maml(config, learner, total_steps):
+    meta = config.meta
+    lr = outer_schedule(meta, total_steps, float(_get(meta, "lr", 1e-3)))
+    name = _get(meta, "optimizer", "adam")
+    if name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=lr, name="meta_adam")
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=lr, name="meta_sgd")
+    else:
+        raise errors.ConfigError(f"Unknown meta.optimizer {name!r}; valid: 'adam', 'sgd'.")
+    return learners.MAML(learner, optimizer)
+
+
+@ALGORITHMS.register("reptile")
+def _reptile(config, learner, total_steps):
+    meta = config.meta
+    step_sizes = dict(_get(meta, "step_sizes", None) or {"weights": float(_get(meta, "lr", 1.0))})
+    return learners.Reptile(
+        learner, {g: outer_schedule(meta, total_steps, lr) for g, lr in step_sizes.items()}
+    )
+
+
+@ALGORITHMS.register("none")
+def _none(config, learner, total_steps):
+    del config, total_steps
+    return learners.NoMetaLearning(learner)
+
+
+def build_algorithm(config, fmodel, kind):
+    """The `Algorithm` a training config describes."""
+    learner = build_task_learner(config, fmodel, kind)
+    meta = config.meta
+    meta_learner = ALGORITHMS.get(_get(meta, "algorithm", "maml"))(
+        config, learner, int(config.train.steps)
+    )
+    return Algorithm(
+        learner,
+        meta_learner,
+        eval_steps=int(_get(config.inner, "eval_steps", learner.inner_steps)),
+        second_order=bool(_get(meta, "second_order", False)),
+        first_order_until=int(_get(meta, "first_order_until", 0)),
+    )

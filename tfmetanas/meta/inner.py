@@ -1,0 +1,241 @@
+"""The task learner: adapts parameters to one task's support set.
+
+A task learner is a model (a `FunctionalModel`), the parameter groups it
+adapts with one update rule each (`tfmetanas.meta.rules`), a number of inner
+steps and the derivative order. It never assigns to variables: it returns the
+adapted fast weights, the BN state after adaptation and per-step support and
+query losses and metrics, from which any meta-learner (MAML, Reptile, ...)
+builds its update.
+
+Two forms of the inner loop:
+- unrolled in Python (meta-training; exact second-order meta-gradients by
+  nested `tf.GradientTape`s; per-step query losses for MAML++'s MSL);
+- `tf.while_loop` (first order only; long meta-test adaptation, e.g. 100
+  steps, without a graph that grows with the number of steps).
+
+References: MAML, Finn et al., arXiv:1703.03400 (Algorithm 2).
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tfmetanas import errors
+
+KINDS = ("classification", "regression")
+BN_MODES = ("transductive", "running")
+
+
+class TaskResult(NamedTuple):
+    """What adapting to one task produced.
+
+    Attributes:
+      params: the adapted fast weights ``{path: tensor}`` of the adapted groups.
+      state: the BN state after adaptation.
+      support_losses: [k] support loss before each inner step.
+      query_losses: [m] query loss after each tracked step (m = k when all
+        steps are tracked, else 1: after the last step).
+      query_metrics: [m] query accuracy (classification) or MSE (regression).
+      query_outputs: the query logits/predictions after the last step.
+    """
+
+    params: dict
+    state: dict
+    support_losses: tf.Tensor
+    query_losses: tf.Tensor
+    query_metrics: tf.Tensor
+    query_outputs: tf.Tensor
+
+
+def default_forward_kwargs(step, num_steps):
+    """Call arguments of the fixed backbones: the inner step (per-step BN)."""
+    del num_steps
+    return {"step": step}
+
+
+def loss_and_metric(kind, outputs, labels):
+    """Mean loss and metric: cross-entropy and accuracy, or MSE and MSE."""
+    if kind == "classification":
+        labels = tf.cast(labels, tf.int32)
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
+        )
+        correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), labels)
+        return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+    loss = tf.reduce_mean(tf.square(outputs - labels))
+    return loss, loss
+
+
+class TaskLearner:
+    """Adapts the model to a task with per-group update rules.
+
+    Args:
+      fmodel: the `FunctionalModel`.
+      rules: ``{group: UpdateRule}`` for the adapted groups (e.g. ``{"weights":
+        SGD(0.4)}``; METANAS adds ``"arch"``).
+      inner_steps: k, the number of inner steps.
+      kind: "classification" or "regression".
+      bn_mode: "transductive" (batch statistics on the query set too, as every
+        reference implementation does) or "running" (query set normalised with
+        the running statistics, per step with BNRS).
+      forward_kwargs: ``(step, num_steps) -> dict`` of extra model-call
+        arguments (inner step for per-step BN, temperature for DARTS).
+    """
+
+    def __init__(
+        self,
+        fmodel,
+        rules,
+        inner_steps,
+        kind="classification",
+        bn_mode="transductive",
+        forward_kwargs=default_forward_kwargs,
+    ):
+        if kind not in KINDS:
+            raise errors.ConfigError(f"Unknown task kind {kind!r}; valid: {KINDS}.")
+        if bn_mode not in BN_MODES:
+            raise errors.ConfigError(f"Unknown BN mode {bn_mode!r}; valid: {BN_MODES}.")
+        self.fmodel = fmodel
+        self.rules = dict(rules)
+        self.inner_steps = int(inner_steps)
+        self.kind = kind
+        self.bn_mode = bn_mode
+        self.forward_kwargs = forward_kwargs
+
+    @property
+    def variables(self):
+        """Meta-variables owned by the update rules (LSLR rates, ALFA networks)."""
+        return [v for rule in self.rules.values() for v in rule.variables]
+
+    def initial_params(self, groups=None):
+        """Current values of the adapted groups (or of `groups`)."""
+        return self.fmodel.params(tuple(groups or self.rules))
+
+    def forward(self, params, state, x, step, num_steps, training):
+        return self.fmodel(
+            params, state, x, training=training, **self.forward_kwargs(step, num_steps)
+        )
+
+    def _query(self, params, state, task, step, num_steps):
+        training = self.bn_mode == "transductive"
+        outputs, _ = self.forward(params, state, task["query_x"], step, num_steps, training)
+        loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
+        return outputs, loss, metric
+
+    def _step(self, step, num_steps, params, state, rule_states, task, second_order, groups):
+        """One inner step: support loss, gradient, per-group rule update."""
+        with tf.GradientTape() as tape:
+            tape.watch(list(params.values()))
+            outputs, new_state = self.forward(
+                params, state, task["support_x"], step, num_steps, training=True
+            )
+            loss, _ = loss_and_metric(self.kind, outputs, task["support_y"])
+        grads = tape.gradient(loss, params)
+        if not second_order:
+            grads = {p: tf.stop_gradient(g) for p, g in grads.items()}
+        new_params, new_rule_states = dict(params), dict(rule_states)
+        for group in groups:
+            paths = [p for p in params if self.fmodel.group_of[p] == group]
+            sub_params, new_rule_states[group] = self.rules[group].apply(
+                step,
+                {p: grads[p] for p in paths},
+                {p: params[p] for p in paths},
+                rule_states[group],
+            )
+            new_params.update(sub_params)
+        return new_params, new_state, new_rule_states, loss
+
+    def adapt(
+        self,
+        task,
+        params=None,
+        state=None,
+        num_steps=None,
+        second_order=False,
+        groups=None,
+        track_all_steps=True,
+        use_while_loop=False,
+        rule_states=None,
+    ):
+        """Adapts to one task.
+
+        Args:
+          task: dict with ``support_x, support_y, query_x, query_y``.
+          params: starting fast weights (default: the variables' values of the
+            adapted groups, which an outer tape differentiates through).
+          state: starting BN state (default: the variables' values).
+          num_steps: inner steps (default: `inner_steps`).
+          second_order: keep the inner gradients differentiable.
+          groups: which of the rules' groups to update (default: all); the
+            others stay fixed (METANAS warm-up, the "+50" weights-only phase).
+          track_all_steps: evaluate the query set after every step (MSL,
+            per-step curves) or only after the last.
+          use_while_loop: run the steps in `tf.while_loop` (first order only).
+          rule_states: continue from these rule states (phased adaptation).
+
+        Returns:
+          A `TaskResult`.
+        """
+        num_steps = self.inner_steps if num_steps is None else int(num_steps)
+        groups = tuple(self.rules) if groups is None else tuple(groups)
+        if params is None:
+            params = self.initial_params()
+        if state is None:
+            state = self.fmodel.state()
+        if rule_states is None:
+            rule_states = {g: self.rules[g].init(
+                {p: v for p, v in params.items() if self.fmodel.group_of[p] == g}
+            ) for g in self.rules}
+
+        if use_while_loop:
+            if second_order:
+                raise errors.ConfigError(
+                    "A tf.while_loop inner loop is first order only; unroll it for second order."
+                )
+            return self._adapt_while(task, params, state, rule_states, num_steps, groups)
+
+        support_losses, query_losses, query_metrics = [], [], []
+        outputs = None
+        for step in range(num_steps):
+            params, state, rule_states, support_loss = self._step(
+                step, num_steps, params, state, rule_states, task, second_order, groups
+            )
+            support_losses.append(support_loss)
+            if track_all_steps or step == num_steps - 1:
+                outputs, loss, metric = self._query(params, state, task, step, num_steps)
+                query_losses.append(loss)
+                query_metrics.append(metric)
+        if num_steps == 0:
+            outputs, loss, metric = self._query(params, state, task, 0, 1)
+            support_losses, query_losses, query_metrics = [tf.zeros([])], [loss], [metric]
+        return TaskResult(
+            params=params,
+            state=state,
+            support_losses=tf.stack(support_losses),
+            query_losses=tf.stack(query_losses),
+            query_metrics=tf.stack(query_metrics),
+            query_outputs=outputs,
+        )
+
+    def _adapt_while(self, task, params, state, rule_states, num_steps, groups):
+        def body(step, params, state, rule_states, support_losses):
+            params, state, rule_states, loss = self._step(
+                step, num_steps, params, state, rule_states, task, False, groups
+            )
+            return step + 1, params, state, rule_states, support_losses.write(step, loss)
+
+        _, params, state, rule_states, support_losses = tf.while_loop(
+            lambda step, *_: step < num_steps,
+            body,
+            (tf.constant(0), params, state, rule_states, tf.TensorArray(tf.float32, num_steps)),
+            parallel_iterations=1,
+        )
+        outputs, loss, metric = self._query(params, state, task, num_steps - 1, num_steps)
+        return TaskResult(
+            params=params,
+            state=state,
+            support_losses=support_losses.stack(),
+            query_losses=loss[None],
+            query_metrics=metric[None],
+            query_outputs=outputs,
+        )

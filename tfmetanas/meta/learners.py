@@ -1,0 +1,264 @@
+"""Meta-learners: turn the results of task learning into an update of the variables.
+
+- `MAML` (Finn et al., arXiv:1703.03400; MAML++ multi-step loss, Antoniou et
+  al., arXiv:1810.09502): loss = mean over tasks of sum_j v_j L_query(theta_j),
+  differentiated with respect to every meta-variable (model variables of all
+  groups and the update rules' own variables) by an outer tape, first or
+  second order, and applied by a Keras optimizer.
+- `Reptile` (Nichol et al., arXiv:1803.02999): meta-gradient = theta_meta -
+  mean over tasks of theta_task, per parameter group, each group with its own
+  meta step size, applied by a Keras SGD (so a step size schedule is a Keras
+  schedule).
+- `NoMetaLearning`: the reference point: adapts from the random initialisation
+  and never updates it.
+
+Any meta-learner composes with any task learner. A meta-step is written for a
+replica: it loops over the replica's tasks in a `tf.while_loop` and
+accumulates per-task meta-gradients (so graphs and memory do not grow with the
+meta-batch), then all-reduces the mean over the global meta-batch through the
+optimizer under `tf.distribute` (the default strategy is the no-op one).
+"""
+
+import keras
+import tensorflow as tf
+
+from tfmetanas import errors
+
+
+def _zeros_like_vars(variables):
+    return [tf.zeros(v.shape, v.dtype) for v in variables]
+
+
+def _task(tasks, index):
+    return {k: tf.gather(v, index) for k, v in tasks.items()}
+
+
+def _dense(g, v):
+    if g is None:
+        return tf.zeros(v.shape, v.dtype)
+    return tf.convert_to_tensor(g)
+
+
+def _global_batch_fraction(local_batch):
+    """Fraction of the global meta-batch this replica holds."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return 1.0 / (local_batch * replicas)
+
+
+class MetaLearner:
+    """Interface: `variables`, `optimizers`, `replica_step(tasks, iteration)`."""
+
+    def __init__(self, learner):
+        self.learner = learner
+
+    @property
+    def variables(self):
+        raise NotImplementedError  # abstract interface
+
+    @property
+    def optimizers(self):
+        return {}
+
+    def replica_step(self, tasks, iteration, second_order=False):
+        raise NotImplementedError  # abstract interface
+
+    def _state_mean_update(self, state_sum, num_tasks):
+        """Assigns the mean over tasks of the BN state after adaptation."""
+        state = {p: s / num_tasks for p, s in state_sum.items()}
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            state = {
+                p: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, s) for p, s in state.items()
+            }
+        self.learner.fmodel.assign_state(state)
+
+
+class MAML(MetaLearner):
+    """MAML with the multi-step loss (v = one-hot on the last step is plain MAML).
+
+    Args:
+      learner: the `TaskLearner`.
+      optimizer: a Keras optimizer (Adam in MAML and MAML++).
+      step_weights: ``iteration -> [k] tensor`` of MSL weights v_j, or None for
+        the last step only.
+      groups: which meta-variable groups the outer loop learns (default: all
+        groups of the model, plus the rules' own variables).
+
+    References: arXiv:1703.03400, arXiv:1810.09502 (Section 4, MSL).
+    """
+
+    def __init__(self, learner, optimizer, step_weights=None, groups=("weights", "arch", "meta")):
+        super().__init__(learner)
+        self.optimizer = optimizer
+        self.step_weights = step_weights
+        self.groups = tuple(groups)
+
+    @property
+    def variables(self):
+        fm = self.learner.fmodel
+        model_vars = [v for v in fm.trainable_variables if fm.group_of[v.path] in self.groups]
+        return model_vars + list(self.learner.variables)
+
+    @property
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
+
+    def task_loss(self, result, weights):
+        if weights is None:
+            return result.query_losses[-1]
+        return tf.reduce_sum(weights * result.query_losses)
+
+    def replica_step(self, tasks, iteration, second_order=False):
+        variables = self.variables
+        batch = tasks["support_x"].shape[0]
+        k = self.learner.inner_steps
+        weights = None if self.step_weights is None else self.step_weights(iteration)
+        track_all = weights is not None
+        num_tracked = k if track_all else 1
+
+        def body(b, grad_sum, state_sum, loss_sum, ql_sum, qm_sum):
+            task = _task(tasks, b)
+            with tf.GradientTape() as tape:
+                result = self.learner.adapt(
+                    task, second_order=second_order, track_all_steps=track_all
+                )
+                loss = self.task_loss(result, weights)
+            grads = tape.gradient(loss, variables)
+            grad_sum = [a + _dense(g, v) for a, g, v in zip(grad_sum, grads, variables)]
+            state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
+            return (
+                b + 1,
+                grad_sum,
+                state_sum,
+                loss_sum + loss,
+                ql_sum + result.query_losses,
+                qm_sum + result.query_metrics,
+            )
+
+        fm = self.learner.fmodel
+        init = (
+            tf.constant(0),
+            _zeros_like_vars(variables),
+            {p: tf.zeros_like(v) for p, v in fm.state().items()},
+            tf.zeros([]),
+            tf.zeros([num_tracked]),
+            tf.zeros([num_tracked]),
+        )
+        _, grad_sum, state_sum, loss_sum, ql_sum, qm_sum = tf.while_loop(
+            lambda b, *_: b < batch, body, init, parallel_iterations=1
+        )
+        # Gradients are scaled by 1 / global meta-batch and *summed* across
+        # replicas by the optimizer, i.e. the mean over every task.
+        scale = _global_batch_fraction(batch)
+        grads = [g * scale for g in grad_sum]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self._state_mean_update(state_sum, batch)
+        return {
+            "meta/loss": loss_sum / batch,
+            "query/loss": ql_sum / batch,
+            "query/metric": qm_sum / batch,
+            "meta/grad_norm": tf.linalg.global_norm(grads),
+        }
+
+
+class Reptile(MetaLearner):
+    """Reptile with a meta step size (and Keras SGD) per parameter group.
+
+    Args:
+      learner: the `TaskLearner` (Adam with beta1 = 0 in the Reptile paper).
+      step_sizes: ``{group: float or keras schedule}``, e.g. ``{"weights": 1.0,
+        "arch": 0.6}`` for METANAS; groups absent here are not meta-learned.
+
+    References: arXiv:1803.02999 (Algorithm 2, batched version).
+    """
+
+    def __init__(self, learner, step_sizes):
+        super().__init__(learner)
+        unknown = set(step_sizes) - set(learner.rules)
+        if unknown:
+            raise errors.ConfigError(
+                f"Reptile step sizes for groups {sorted(unknown)} that the task learner does not "
+                f"adapt (it adapts {sorted(learner.rules)})."
+            )
+        self.step_sizes = dict(step_sizes)
+        self.group_optimizers = {
+            g: keras.optimizers.SGD(learning_rate=lr, name=f"reptile_{g}")
+            for g, lr in self.step_sizes.items()
+        }
+
+    @property
+    def variables(self):
+        fm = self.learner.fmodel
+        return [v for g in self.step_sizes for v in fm.variables(g)]
+
+    @property
+    def optimizers(self):
+        return {f"optimizer_{g}": o for g, o in self.group_optimizers.items()}
+
+    def replica_step(self, tasks, iteration, second_order=False):
+        del iteration
+        if second_order:
+            raise errors.ConfigError("Reptile is first order: set meta.second_order=False.")
+        fm = self.learner.fmodel
+        batch = tasks["support_x"].shape[0]
+        meta_params = self.learner.initial_params()
+
+        def body(b, param_sum, state_sum, ql_sum, qm_sum):
+            result = self.learner.adapt(_task(tasks, b), params=meta_params, track_all_steps=False)
+            param_sum = {p: param_sum[p] + result.params[p] for p in param_sum}
+            state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
+            return b + 1, param_sum, state_sum, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
+
+        init = (
+            tf.constant(0),
+            {p: tf.zeros_like(v) for p, v in meta_params.items()},
+            {p: tf.zeros_like(v) for p, v in fm.state().items()},
+            tf.zeros([]),
+            tf.zeros([]),
+        )
+        _, param_sum, state_sum, ql_sum, qm_sum = tf.while_loop(
+            lambda b, *_: b < batch, body, init, parallel_iterations=1
+        )
+        # Reptile's meta-gradient theta - mean(theta_task), as a sum of
+        # per-task terms scaled by 1 / global meta-batch, so that the
+        # optimizers' cross-replica sum is the mean over every task.
+        scale = _global_batch_fraction(batch)
+        norms = []
+        for group, optimizer in self.group_optimizers.items():
+            variables = fm.variables(group)
+            deltas = [(batch * meta_params[v.path] - param_sum[v.path]) * scale for v in variables]
+            norms.extend(deltas)
+            optimizer.apply_gradients(zip(deltas, variables))
+        self._state_mean_update(state_sum, batch)
+        return {
+            "meta/loss": ql_sum / batch,
+            "query/loss": (ql_sum / batch)[None],
+            "query/metric": (qm_sum / batch)[None],
+            "meta/grad_norm": tf.linalg.global_norm(norms),
+        }
+
+
+class NoMetaLearning(MetaLearner):
+    """Adapts from the random initialisation; never meta-updates (a reference point)."""
+
+    @property
+    def variables(self):
+        return []
+
+    def replica_step(self, tasks, iteration, second_order=False):
+        del iteration, second_order
+        batch = tasks["support_x"].shape[0]
+
+        def body(b, ql_sum, qm_sum):
+            result = self.learner.adapt(_task(tasks, b), track_all_steps=False)
+            return b + 1, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
+
+        _, ql_sum, qm_sum = tf.while_loop(
+            lambda b, *_: b < batch, body, (tf.constant(0), tf.zeros([]), tf.zeros([]))
+        )
+        return {
+            "meta/loss": ql_sum / batch,
+            "query/loss": (ql_sum / batch)[None],
+            "query/metric": (qm_sum / batch)[None],
+            "meta/grad_norm": tf.zeros([]),
+        }
