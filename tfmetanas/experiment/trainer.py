@@ -27,12 +27,13 @@ def data_root(config):
     return root
 
 
-def _data_config(config):
-    data_config = config.data
-    if not data_config.get("root", ""):
-        data_config = data_config.copy_and_resolve_references()
-        with data_config.unlocked():
-            data_config.root = data_root(config)
+def data_config_for(config, split):
+    """The data section for one split: root resolved, `train_shots` applied to train."""
+    data_config = config.data.copy_and_resolve_references()
+    with data_config.unlocked():
+        data_config.root = data_root(config)
+        if split == "train" and int(data_config.get("train_shots", 0) or 0) > 0:
+            data_config.shots = int(data_config.train_shots)
     return data_config
 
 
@@ -63,8 +64,9 @@ class Experiment:
     def __init__(self, config, splits=("train", "val")):
         self.config = config
         seed = int(config.train.seed)
-        data_config = _data_config(config)
-        self.sources = {s: data_lib.get_task_source(data_config, s, seed) for s in splits}
+        self.sources = {
+            s: data_lib.get_task_source(data_config_for(config, s), s, seed) for s in splits
+        }
         probe = self.sources[splits[0]]
         self.kind = probe.kind
         self.input_shape = tuple(probe.input_shape)

@@ -61,7 +61,7 @@ def loss_and_metric(kind, outputs, labels):
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
         )
         correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), labels)
-        return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+        return loss, tf.reduce_mean(tf.cast(correct, outputs.dtype))
     loss = tf.reduce_mean(tf.square(outputs - labels))
     return loss, loss
 
@@ -207,7 +207,7 @@ class TaskLearner:
                 query_metrics.append(metric)
         if num_steps == 0:
             outputs, loss, metric = self._query(params, state, task, 0, 1)
-            support_losses, query_losses, query_metrics = [tf.zeros([])], [loss], [metric]
+            support_losses, query_losses, query_metrics = [tf.zeros_like(loss)], [loss], [metric]
         return TaskResult(
             params=params,
             state=state,
@@ -227,7 +227,7 @@ class TaskLearner:
         _, params, state, rule_states, support_losses = tf.while_loop(
             lambda step, *_: step < num_steps,
             body,
-            (tf.constant(0), params, state, rule_states, tf.TensorArray(tf.float32, num_steps)),
+            (tf.constant(0), params, state, rule_states, tf.TensorArray(task["support_x"].dtype, num_steps)),
             parallel_iterations=1,
         )
         outputs, loss, metric = self._query(params, state, task, num_steps - 1, num_steps)

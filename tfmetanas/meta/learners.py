@@ -115,6 +115,7 @@ class MAML(MetaLearner):
         weights = None if self.step_weights is None else self.step_weights(iteration)
         track_all = weights is not None
         num_tracked = k if track_all else 1
+        dtype = tasks["support_x"].dtype
 
         def body(b, grad_sum, state_sum, loss_sum, ql_sum, qm_sum):
             task = _task(tasks, b)
@@ -140,9 +141,9 @@ class MAML(MetaLearner):
             tf.constant(0),
             _zeros_like_vars(variables),
             {p: tf.zeros_like(v) for p, v in fm.state().items()},
-            tf.zeros([]),
-            tf.zeros([num_tracked]),
-            tf.zeros([num_tracked]),
+            tf.zeros([], dtype),
+            tf.zeros([num_tracked], dtype),
+            tf.zeros([num_tracked], dtype),
         )
         _, grad_sum, state_sum, loss_sum, ql_sum, qm_sum = tf.while_loop(
             lambda b, *_: b < batch, body, init, parallel_iterations=1
@@ -202,6 +203,7 @@ class Reptile(MetaLearner):
         fm = self.learner.fmodel
         batch = tasks["support_x"].shape[0]
         meta_params = self.learner.initial_params()
+        dtype = tasks["support_x"].dtype
 
         def body(b, param_sum, state_sum, ql_sum, qm_sum):
             result = self.learner.adapt(_task(tasks, b), params=meta_params, track_all_steps=False)
@@ -213,8 +215,8 @@ class Reptile(MetaLearner):
             tf.constant(0),
             {p: tf.zeros_like(v) for p, v in meta_params.items()},
             {p: tf.zeros_like(v) for p, v in fm.state().items()},
-            tf.zeros([]),
-            tf.zeros([]),
+            tf.zeros([], dtype),
+            tf.zeros([], dtype),
         )
         _, param_sum, state_sum, ql_sum, qm_sum = tf.while_loop(
             lambda b, *_: b < batch, body, init, parallel_iterations=1
@@ -254,7 +256,9 @@ class NoMetaLearning(MetaLearner):
             return b + 1, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
 
         _, ql_sum, qm_sum = tf.while_loop(
-            lambda b, *_: b < batch, body, (tf.constant(0), tf.zeros([]), tf.zeros([]))
+            lambda b, *_: b < batch,
+            body,
+            (tf.constant(0), tf.zeros([], tasks["support_x"].dtype), tf.zeros([], tasks["support_x"].dtype)),
         )
         return {
             "meta/loss": ql_sum / batch,

@@ -101,7 +101,7 @@ class Adam(UpdateRule):
 
     def init(self, params):
         return AdamState(
-            count=tf.zeros([], tf.float32),
+            count=tf.zeros([], next(iter(params.values())).dtype if params else tf.float32),
             mu={p: tf.zeros_like(v) for p, v in params.items()},
             nu={p: tf.zeros_like(v) for p, v in params.items()},
         )

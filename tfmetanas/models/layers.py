@@ -86,14 +86,18 @@ class MetaBatchNorm(keras.layers.Layer):
         reduce_axes = list(range(len(x.shape) - 1))
         stat_rows = self.num_steps if self.per_step_stats else 1
         if training:
-            mean, variance = tf.nn.moments(x, reduce_axes)
+            # Not tf.nn.moments: it stops the gradient through the mean inside
+            # the variance, which is harmless for first derivatives but makes
+            # second-order meta-gradients wrong.
+            mean = tf.reduce_mean(x, reduce_axes)
+            variance = tf.reduce_mean(tf.square(x - mean), reduce_axes)
             # Only the row of the current step moves (BNRS): a one-hot blend
             # works for Python and tensor steps alike.
             if stat_rows == 1:
-                select = tf.ones([1, 1])
+                select = tf.ones([1, 1], x.dtype)
             else:
                 index = tf.minimum(tf.cast(step, tf.int32), stat_rows - 1)
-                select = tf.one_hot(index, stat_rows)[:, None]
+                select = tf.one_hot(index, stat_rows, dtype=x.dtype)[:, None]
             decay = (1.0 - self.momentum) * select
             self.moving_mean.assign(
                 self.moving_mean - decay * (self.moving_mean - tf.stop_gradient(mean))

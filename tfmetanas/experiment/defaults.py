@@ -1,0 +1,75 @@
+"""The keys every training config shares, with their defaults and units.
+
+Config files start from `base_config()` and override what their paper says,
+so that any run can be shortened or re-seeded the same way
+(``--config.train.steps=100 --config.train.seed=1``).
+"""
+
+import ml_collections
+
+
+def base_config():
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "glyphs"  # glyphs | omniglot | omniglot_tfds | miniimagenet | sinusoid
+    config.data.root = ""  # "" -> $TFMETANAS_DATA_DIR
+    config.data.split_scheme = "vinyals"  # Omniglot: lake | vinyals | mamlpp
+    config.data.image_size = 28  # pixels (square)
+    config.data.ways = 5  # N
+    config.data.shots = 1  # K support images per class
+    config.data.queries = 15  # query images per class
+    config.data.train_shots = 0  # support images per class in meta-training (0: data.shots)
+    config.data.rotations = True  # 90/180/270 rotations as new classes (train split only)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "conv4"
+    config.model.filters = 64
+    config.model.num_blocks = 4
+    config.model.downsample = "max_pool"  # max_pool | strided
+    config.model.activation = "leaky_relu"
+    config.model.hidden = (40, 40)  # MLP hidden widths
+    config.model.bn = ml_collections.ConfigDict()
+    config.model.bn.num_steps = 1  # rows of per-step BN (MAML++: inner.steps)
+    config.model.bn.per_step_stats = False  # MAML++ BNRS
+    config.model.bn.per_step_affine = False  # MAML++ BNWB
+    config.model.bn.affine_group = "meta"  # gamma/beta: meta (outer only) | weights (adapted)
+    config.model.bn.momentum = 0.9
+
+    config.inner = ml_collections.ConfigDict()
+    config.inner.rule = "sgd"  # sgd | adam | lslr
+    config.inner.groups = ("weights",)
+    config.inner.steps = 5  # inner steps in meta-training
+    config.inner.eval_steps = 10  # inner steps at meta-test
+    config.inner.lr = 0.4
+    config.inner.adam_beta1 = 0.0
+    config.inner.momentum = 0.0
+    config.inner.weight_decay = 0.0
+    config.inner.bn_mode = "transductive"  # transductive | running
+
+    config.meta = ml_collections.ConfigDict()
+    config.meta.algorithm = "maml"  # maml | reptile | none
+    config.meta.meta_batch_size = 32  # tasks per meta-step (global)
+    config.meta.second_order = False
+    config.meta.first_order_until = 0  # iteration from which second order is used (MAML++ DA)
+    config.meta.optimizer = "adam"
+    config.meta.lr = 1e-3
+    config.meta.schedule = "constant"  # constant | cosine | linear
+    config.meta.min_lr = 0.0
+    config.meta.step_sizes = ml_collections.ConfigDict()  # Reptile: {group: step size}
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 1000  # meta-iterations
+    config.train.seed = 0
+    config.train.eval_every = 500  # meta-iterations between validations (0: only at the end)
+    config.train.log_every = 50
+    config.train.checkpoint_every = 0  # 0: at every validation
+    config.train.keep_best = 1  # best-by-validation checkpoints kept
+    config.train.jit_compile = False
+    config.train.progress = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.num_tasks = 600  # fixed test tasks
+    config.eval.num_val_tasks = 100  # fixed validation tasks during training
+    config.eval.batch_size = 10  # tasks per evaluation call
+    return config

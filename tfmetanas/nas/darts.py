@@ -1,0 +1,740 @@
+"""The METANAS search network (DARTS cells with soft pruning) and its pruned form.
+
+Implements Elsken et al., "Meta-Learning of Neural Architectures for Few-Shot
+Learning" (METANAS, CVPR 2020, arXiv:1912.09744), Sec. 3.3 and Sec. 4.1, on the
+DARTS search space (Liu et al., ICLR 2019, arXiv:1806.09055, Sec. 2):
+
+- `MixedOp`: ``sum_o w_o * o(x)`` with ``w = softmax(alpha / temperature)``
+  (METANAS Eq. 5);
+- `SearchCell`: node j mixes all k-subsets of its ``j + 2`` inputs with weights
+  ``softmax(beta_j / temperature)`` (METANAS Eq. 7); each subset contributes the
+  sum of its mixed edges;
+- `SearchNetwork`: stem, cells (normal cells share one alpha/beta, reduction
+  cells another, as in DARTS), global average pooling, linear head;
+- soft pruning: ops and subsets whose weight is below ``prune_threshold`` are
+  not computed (`tf.cond`);
+- `DiscreteNetwork` / `discrete_from_search`: the hard-pruned network built
+  from a `Genotype`, holding only the kept ops, with the search network's
+  (adapted) weights copied in.
+
+Sparsify strategies (``sparsify``):
+
+- ``none``: vanilla DARTS. Temperature is ignored, node inputs are summed
+  (no beta), nothing is soft-pruned; hard pruning keeps the top-2 inputs per
+  node and the top op per kept edge.
+- ``ops``: temperature and soft pruning on alpha only; inputs summed as DARTS;
+  hard pruning keeps the DARTS top-2 inputs and the thresholded ops on them.
+- ``ops_and_inputs`` (the paper's): temperature and soft pruning on alpha and
+  beta; hard pruning keeps thresholded subsets and thresholded ops.
+
+Pruned network weights: the discrete network multiplies each kept op by the
+softmax weight the search network gave it, and each kept edge by the summed
+weights of the kept subsets containing it; the weights are *not* renormalised
+after dropping the pruned ones. Dropping a term ``w * o(x)`` then changes the
+function by exactly that term, and by nothing when ``w`` is 0, whereas
+renormalising would rescale every kept term. So the pruned network equals the
+search network when the pruned weights are exactly zero, which is what the
+paper's prune-without-retraining needs.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmetanas import errors
+from tfmetanas.models.params import add_param
+from tfmetanas.nas import ops as ops_lib
+from tfmetanas.nas.genotype import STRATEGIES, Genotype, derive_genotype, input_subsets
+
+
+def mixing_weights(logits, temperature=1.0):
+    """``softmax(logits / temperature)`` over the last axis (METANAS Eq. 5/7).
+
+    Args:
+      logits: alpha ``(..., num_ops)`` or beta ``(num_subsets,)``.
+      temperature: python float or scalar tensor.
+
+    Returns:
+      A tensor of mixing weights summing to 1 over the last axis.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Eq. 5.
+    """
+    logits = tf.convert_to_tensor(logits)
+    return tf.nn.softmax(logits / tf.cast(temperature, logits.dtype), axis=-1)
+
+
+def arch_entropy(logits, temperature=1.0):
+    """Mean entropy (nats) of the mixing distributions, for TensorBoard.
+
+    Args:
+      logits: an alpha tensor ``(num_edges, num_ops)`` (mean over edges) or a
+        list of per-node beta tensors (mean over nodes).
+      temperature: softmax temperature.
+
+    Returns:
+      A scalar tensor; ``log(num_ops)`` for uniform weights, 0 for one-hot.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3.
+    """
+    if isinstance(logits, (list, tuple)):
+        return tf.reduce_mean(tf.stack([arch_entropy(b, temperature) for b in logits]))
+    w = mixing_weights(logits, temperature)
+    ent = -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(w), w), axis=-1)
+    return tf.reduce_mean(ent)
+
+
+def _effective_threshold(weights, threshold):
+    # The argmax always survives (same rule as `genotype.kept_mask`), so a node
+    # keeps an input and an edge keeps an op whatever the threshold.
+    return tf.minimum(tf.cast(threshold, weights.dtype), tf.reduce_max(weights))
+
+
+class MixedOp(keras.layers.Layer):
+    """A DARTS edge: ``sum_o w_o * o(x)`` over the candidate operations.
+
+    Args:
+      primitives: operation names (columns of alpha).
+      channels: channels of the edge.
+      stride: 1, or 2 for the input edges of a reduction cell.
+
+    References: Liu et al., DARTS, arXiv:1806.09055, Eq. 2; METANAS Eq. 5.
+    """
+
+    def __init__(self, primitives, channels, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.primitives = tuple(primitives)
+        self.channels = channels
+        self.stride = stride
+        self.ops = [ops_lib.make_op(p, channels, stride) for p in self.primitives]
+
+    def call(self, x, weights, threshold=None, training=False):
+        """Mixes the ops with `weights` ``(num_ops,)``; skips those < threshold."""
+        thr = None if threshold is None else _effective_threshold(weights, threshold)
+        out = None
+        for o, (name, op) in enumerate(zip(self.primitives, self.ops)):
+            if name == "none":
+                continue  # Contributes exactly zero: never computed.
+
+            def term(o=o, op=op):
+                return weights[o] * op(x, training=training)
+
+            if thr is None:
+                y = term()
+            else:
+                y = ops_lib.run_if(
+                    weights[o] >= thr,
+                    term,
+                    lambda: ops_lib.output_zeros(x, self.channels, self.stride),
+                    op.non_trainable_variables if training else (),
+                )
+            out = y if out is None else out + y
+        if out is None:
+            out = ops_lib.output_zeros(x, self.channels, self.stride)
+        return out
+
+
+class SearchCell(keras.layers.Layer):
+    """A METANAS search cell (DARTS cell with k-subset input mixing).
+
+    Args:
+      primitives: operation names.
+      channels: channels of every node.
+      num_nodes: intermediate nodes.
+      k: subset size; ``k >= j + 2`` gives node j the plain DARTS sum.
+      reduction: whether the cell halves the resolution.
+      reduction_prev: whether the previous cell did (preprocess the k-2 input
+        with `FactorizedReduce`).
+      use_subsets: mix k-subsets with beta (``ops_and_inputs``); otherwise
+        inputs are summed.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Eq. 7.
+    """
+
+    def __init__(
+        self,
+        primitives,
+        channels,
+        num_nodes,
+        k,
+        reduction,
+        reduction_prev,
+        use_subsets,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.primitives = tuple(primitives)
+        self.channels = channels
+        self.num_nodes = num_nodes
+        self.k = k
+        self.reduction = reduction
+        self.reduction_prev = reduction_prev
+        self.use_subsets = use_subsets
+        self.preproc0 = _preprocess(channels, reduction_prev, "preproc0")
+        self.preproc1 = ops_lib.ReLUConvBN(channels, 1, 1, name="preproc1")
+        self.edges = []  # Flat, node by node, inputs 0..j+1.
+        for j in range(num_nodes):
+            for i in range(j + 2):
+                stride = 2 if reduction and i < 2 else 1
+                self.edges.append(MixedOp(primitives, channels, stride, name=f"edge_{j}_{i}"))
+
+    def call(
+        self,
+        s0,
+        s1,
+        op_weights,
+        subset_weights,
+        threshold=None,
+        training=False,
+    ):
+        """Runs the cell.
+
+        Args:
+          s0, s1: outputs of the cells k-2 and k-1.
+          op_weights: ``(num_edges, num_ops)`` mixing weights.
+          subset_weights: list of per-node subset weights (ignored unless
+            `use_subsets`).
+          threshold: soft-pruning threshold, or None to compute everything.
+          training: BN mode.
+
+        Returns:
+          The concatenation of the intermediate nodes.
+        """
+        states = [self.preproc0(s0, training=training), self.preproc1(s1, training=training)]
+        e = 0
+        for j in range(self.num_nodes):
+            n_in = j + 2
+            if self.use_subsets:
+                b = subset_weights[j]
+                subsets = input_subsets(n_in, self.k)
+                membership = np.zeros((n_in, len(subsets)), np.float32)
+                for s, subset in enumerate(subsets):
+                    membership[list(subset), s] = 1.0
+                if threshold is None:
+                    kept = tf.ones_like(b)
+                else:
+                    kept = tf.cast(b >= _effective_threshold(b, threshold), b.dtype)
+                # Node = sum_s b_s * sum_{i in s} edge_i = sum_i c_i * edge_i.
+                coef = tf.linalg.matvec(membership, b * kept)
+                gate = tf.linalg.matvec(membership, kept) > 0
+            else:
+                coef, gate = None, None
+            node = None
+            for i in range(n_in):
+                edge = self.edges[e + i]
+                w = op_weights[e + i]
+
+                def term(edge=edge, x=states[i], w=w, i=i, coef=coef):
+                    y = edge(x, w, threshold=threshold, training=training)
+                    return y if coef is None else coef[i] * y
+
+                if gate is None or threshold is None:
+                    y = term()
+                else:
+                    y = ops_lib.run_if(
+                        gate[i],
+                        term,
+                        lambda x=states[i], s=edge.stride: ops_lib.output_zeros(
+                            x, self.channels, s
+                        ),
+                        edge.non_trainable_variables if training else (),
+                    )
+                node = y if node is None else node + y
+            states.append(node)
+            e += n_in
+        return tf.concat(states[2:], axis=-1)
+
+
+def _preprocess(channels, reduction_prev, name):
+    if reduction_prev:
+        return ops_lib.FactorizedReduce(channels, 2, name=name)
+    return ops_lib.ReLUConvBN(channels, 1, 1, name=name)
+
+
+def _check_architecture(num_classes, channels, num_cells, reduction_cells, num_nodes, k):
+    if num_classes < 1 or channels < 1 or num_cells < 1 or num_nodes < 1 or k < 1:
+        raise errors.ConfigError(
+            f"SearchNetwork needs positive num_classes/channels/num_cells/num_nodes/k, got "
+            f"{num_classes}/{channels}/{num_cells}/{num_nodes}/{k}."
+        )
+    bad = [r for r in reduction_cells if not 0 <= r < num_cells]
+    if bad:
+        raise errors.ConfigError(
+            f"reduction_cells {list(reduction_cells)} has indices outside [0, {num_cells})."
+        )
+    if channels % 2:
+        raise errors.ConfigError(
+            f"channels must be even (FactorizedReduce splits them in halves), got {channels}."
+        )
+
+
+class _CellNetwork(keras.Model):
+    """Shared stem / cell layout / head of the search and discrete networks."""
+
+    def __init__(
+        self,
+        num_classes,
+        channels,
+        num_cells,
+        reduction_cells,
+        stem_multiplier,
+        reduction_channel_multiplier,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_cells = num_cells
+        self.reduction_cells = tuple(sorted(reduction_cells))
+        self.stem_multiplier = stem_multiplier
+        self.reduction_channel_multiplier = reduction_channel_multiplier
+        self.stem_conv = ops_lib.Conv(stem_multiplier * channels, 3, name="stem_conv")
+        self.stem_bn = ops_lib.BatchNorm(affine=True, name="stem_bn")
+        self.head = ops_lib.Dense(num_classes, name="head")
+
+    def _cell_layout(self):
+        """``[(channels, reduction, reduction_prev)]`` per cell."""
+        layout, c, reduction_prev = [], self.channels, False
+        for i in range(self.num_cells):
+            reduction = i in self.reduction_cells
+            if reduction:
+                c *= self.reduction_channel_multiplier
+            layout.append((c, reduction, reduction_prev))
+            reduction_prev = reduction
+        return layout
+
+    def _stem(self, x, training):
+        return self.stem_bn(self.stem_conv(x), training=training)
+
+    def _head(self, s):
+        return self.head(tf.reduce_mean(s, axis=[1, 2]))
+
+    def _build_by_tracing(self, input_shape):
+        # Build every sub-layer with one eager forward pass on a dummy batch, so
+        # that no variable is ever created inside `tf.cond` / `tf.function`
+        # and soft pruning never leaves an op unbuilt.
+        self.input_shape_for_build = tuple(input_shape)
+        _, h, w, c = input_shape
+        dummy = tf.zeros((1, h or 8, w or 8, c), tf.float32)
+        with tf.init_scope():
+            self._forward(dummy, training=False, temperature=1.0, build_pass=True)
+
+    def architecture_kwargs(self):
+        """Constructor arguments shared by `SearchNetwork` and `DiscreteNetwork`."""
+        return dict(
+            num_classes=self.num_classes,
+            channels=self.channels,
+            num_cells=self.num_cells,
+            reduction_cells=self.reduction_cells,
+            stem_multiplier=self.stem_multiplier,
+            reduction_channel_multiplier=self.reduction_channel_multiplier,
+        )
+
+
+class SearchNetwork(_CellNetwork):
+    """The METANAS / DARTS search network (one-shot model).
+
+    Args:
+      num_classes: outputs of the linear head (N of N-way).
+      channels: channels C of each cell node (the paper: 28 on Omniglot).
+      num_cells: number of cells (the paper: 4).
+      reduction_cells: indices of reduction cells (the paper: (1, 3)).
+      num_nodes: intermediate nodes per cell (default 3).
+      k: input subset size of ``ops_and_inputs`` (default 2).
+      primitives: operation names (default: the few-shot set of `ops`).
+      sparsify: ``none``, ``ops`` or ``ops_and_inputs`` (see module docstring).
+      prune_threshold: soft-pruning threshold on mixing weights; ops and
+        subsets with weight below it are not computed (the largest is always
+        computed). 0 disables soft pruning. Default 0.01 as the paper's
+        scripts (``--alpha_prune_threshold 0.01``). Unused by ``none``.
+      stem_multiplier: stem channels = ``stem_multiplier * channels`` (DARTS 3).
+      reduction_channel_multiplier: channel growth at reduction cells. 1 keeps C
+        constant; DARTS and the METANAS reference code use 2.
+
+    Call: ``model(x, training=False, temperature=1.0)`` -> logits, with `x`
+    NHWC float images; `temperature` a python float or scalar tensor.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3 and 4.1;
+      Liu et al., DARTS, arXiv:1806.09055.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        channels=16,
+        num_cells=4,
+        reduction_cells=(1, 3),
+        num_nodes=3,
+        k=2,
+        primitives=ops_lib.FEW_SHOT_PRIMITIVES,
+        sparsify="ops_and_inputs",
+        prune_threshold=0.01,
+        stem_multiplier=3,
+        reduction_channel_multiplier=1,
+        name="search_network",
+        **kwargs,
+    ):
+        _check_architecture(num_classes, channels, num_cells, reduction_cells, num_nodes, k)
+        if sparsify not in STRATEGIES:
+            raise errors.ConfigError(
+                f"Unknown sparsify strategy {sparsify!r}; valid: {', '.join(STRATEGIES)}."
+            )
+        for p in primitives:
+            ops_lib.OPERATIONS.get(p)  # Fails early listing the valid names.
+        super().__init__(
+            num_classes,
+            channels,
+            num_cells,
+            reduction_cells,
+            stem_multiplier,
+            reduction_channel_multiplier,
+            name=name,
+            **kwargs,
+        )
+        self.num_nodes = num_nodes
+        self.k = k
+        self.primitives = tuple(primitives)
+        self.sparsify = sparsify
+        self.prune_threshold = float(prune_threshold)
+        use_subsets = sparsify == "ops_and_inputs"
+        self.cells = [
+            SearchCell(
+                self.primitives,
+                c,
+                num_nodes,
+                k,
+                reduction,
+                reduction_prev,
+                use_subsets,
+                name=f"cell_{i}",
+            )
+            for i, (c, reduction, reduction_prev) in enumerate(self._cell_layout())
+        ]
+        self.num_edges = sum(j + 2 for j in range(num_nodes))
+
+    def build(self, input_shape):
+        init = keras.initializers.RandomNormal(stddev=1e-3)  # DARTS: 1e-3 * N(0, 1).
+        shape = (self.num_edges, len(self.primitives))
+        self.alpha_normal = add_param(self, "alpha_normal", shape, init, group="arch")
+        self.alpha_reduce = add_param(self, "alpha_reduce", shape, init, group="arch")
+        self.beta_normal, self.beta_reduce = [], []
+        if self.sparsify == "ops_and_inputs":
+            for j in range(self.num_nodes):
+                n = len(input_subsets(j + 2, self.k))
+                self.beta_normal.append(add_param(self, f"beta_normal_{j}", (n,), init, "arch"))
+                self.beta_reduce.append(add_param(self, f"beta_reduce_{j}", (n,), init, "arch"))
+        self._build_by_tracing(input_shape)
+
+    # -- architecture values -------------------------------------------------
+
+    def arch_variables(self):
+        """``{"alpha_normal": var, "alpha_reduce": var, "beta_normal": [...], ...}``."""
+        return {
+            "alpha_normal": self.alpha_normal,
+            "alpha_reduce": self.alpha_reduce,
+            "beta_normal": list(self.beta_normal),
+            "beta_reduce": list(self.beta_reduce),
+        }
+
+    def arch_values(self, params=None):
+        """Architecture logits, taken from `params` (``{path: tensor}``) if present.
+
+        Args:
+          params: e.g. the adapted ``fast_weights`` of a task; variables not in
+            it are read from the model.
+
+        Returns:
+          Same keys as `arch_variables`, with tensors.
+        """
+        params = params or {}
+
+        def value(v):
+            return params.get(v.path, v.value)
+
+        return {
+            "alpha_normal": value(self.alpha_normal),
+            "alpha_reduce": value(self.alpha_reduce),
+            "beta_normal": [value(b) for b in self.beta_normal],
+            "beta_reduce": [value(b) for b in self.beta_reduce],
+        }
+
+    def genotype(self, params=None, temperature=1.0, threshold=0.01):
+        """Hard-prunes the (adapted) architecture; see `derive_genotype`."""
+        a = self.arch_values(params)
+        use_beta = self.sparsify == "ops_and_inputs"
+        return derive_genotype(
+            np.asarray(a["alpha_normal"]),
+            [np.asarray(b) for b in a["beta_normal"]] if use_beta else None,
+            np.asarray(a["alpha_reduce"]),
+            [np.asarray(b) for b in a["beta_reduce"]] if use_beta else None,
+            temperature=temperature,
+            threshold=threshold,
+            strategy=self.sparsify,
+            primitives=self.primitives,
+            k=self.k,
+        )
+
+    # -- forward ---------------------------------------------------------------
+
+    def call(self, x, training=False, temperature=1.0):
+        return self._forward(x, training=training, temperature=temperature)
+
+    def _forward(self, x, training, temperature, build_pass=False):
+        if self.sparsify == "none":
+            op_tau, threshold = 1.0, None  # Vanilla DARTS: no temperature, no pruning.
+        else:
+            op_tau = temperature
+            threshold = self.prune_threshold if self.prune_threshold > 0 else None
+        if build_pass:
+            threshold = None
+        weights = {
+            kind: mixing_weights(getattr(self, f"alpha_{kind}").value, op_tau)
+            for kind in ("normal", "reduce")
+        }
+        subset_weights = {
+            kind: [mixing_weights(b.value, temperature) for b in getattr(self, f"beta_{kind}")]
+            for kind in ("normal", "reduce")
+        }
+        s0 = s1 = self._stem(x, training)
+        for cell in self.cells:
+            kind = "reduce" if cell.reduction else "normal"
+            out = cell(
+                s0,
+                s1,
+                weights[kind],
+                subset_weights[kind],
+                threshold=threshold,
+                training=training,
+            )
+            s0, s1 = s1, out
+        return self._head(s1)
+
+
+# ---------------------------------------------------------------------------
+# The hard-pruned network.
+
+
+class DiscreteEdge(keras.layers.Layer):
+    """A kept edge: ``sum_o w_o * o(x)`` over its kept ops with fixed weights."""
+
+    def __init__(self, op_weights, channels, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.op_names = tuple(name for name, _ in op_weights)
+        self.op_weights = tuple(float(w) for _, w in op_weights)
+        self.ops = [ops_lib.make_op(name, channels, stride) for name in self.op_names]
+
+    def call(self, x, training=False):
+        out = None
+        for w, op in zip(self.op_weights, self.ops):
+            y = tf.constant(w, x.dtype) * op(x, training=training)
+            out = y if out is None else out + y
+        return out
+
+
+class DiscreteCell(keras.layers.Layer):
+    """A cell of a `Genotype`: only the kept edges and ops.
+
+    Args:
+      cell: a `genotype.Cell`.
+      channels, reduction, reduction_prev: as `SearchCell`.
+    """
+
+    def __init__(self, cell, channels, reduction, reduction_prev, **kwargs):
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.channels = channels
+        self.reduction = reduction
+        self.preproc0 = _preprocess(channels, reduction_prev, "preproc0")
+        self.preproc1 = ops_lib.ReLUConvBN(channels, 1, 1, name="preproc1")
+        self.edges = []
+        self.edge_index = []  # (node, input, coefficient) per entry of self.edges.
+        for j, node in enumerate(cell.nodes):
+            coef = node.edge_coefficients()
+            for edge in node.edges:
+                stride = 2 if reduction and edge.input < 2 else 1
+                self.edges.append(
+                    DiscreteEdge(edge.ops, channels, stride, name=f"edge_{j}_{edge.input}")
+                )
+                self.edge_index.append((j, edge.input, coef.get(edge.input, 0.0)))
+
+    def call(self, s0, s1, training=False):
+        states = [self.preproc0(s0, training=training), self.preproc1(s1, training=training)]
+        for j in range(len(self.cell.nodes)):
+            node = None
+            for edge, (jj, i, c) in zip(self.edges, self.edge_index):
+                if jj != j:
+                    continue
+                y = tf.constant(c, s1.dtype) * edge(states[i], training=training)
+                node = y if node is None else node + y
+            if node is None:  # Every kept op of the node was `none`.
+                node = ops_lib.output_zeros(states[1], self.channels, 2 if self.reduction else 1)
+            states.append(node)
+        return tf.concat(states[2:], axis=-1)
+
+
+class DiscreteNetwork(_CellNetwork):
+    """The hard-pruned network of a `Genotype` (no architecture parameters).
+
+    Args:
+      genotype: a `Genotype` (from `derive_genotype`).
+      num_classes, channels, num_cells, reduction_cells, stem_multiplier,
+      reduction_channel_multiplier: as the `SearchNetwork` it was derived from
+        (see `SearchNetwork.architecture_kwargs`).
+
+    Call: ``model(x, training=False)`` -> logits.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3 (hard
+      pruning without retraining).
+    """
+
+    def __init__(
+        self,
+        genotype,
+        num_classes,
+        channels=16,
+        num_cells=4,
+        reduction_cells=(1, 3),
+        stem_multiplier=3,
+        reduction_channel_multiplier=1,
+        name="discrete_network",
+        **kwargs,
+    ):
+        num_nodes = len(genotype.normal.nodes)
+        _check_architecture(num_classes, channels, num_cells, reduction_cells, num_nodes, 1)
+        super().__init__(
+            num_classes,
+            channels,
+            num_cells,
+            reduction_cells,
+            stem_multiplier,
+            reduction_channel_multiplier,
+            name=name,
+            **kwargs,
+        )
+        self.genotype = genotype
+        self.cells = [
+            DiscreteCell(
+                genotype.reduce if reduction else genotype.normal,
+                c,
+                reduction,
+                reduction_prev,
+                name=f"cell_{i}",
+            )
+            for i, (c, reduction, reduction_prev) in enumerate(self._cell_layout())
+        ]
+
+    def build(self, input_shape):
+        self._build_by_tracing(input_shape)
+
+    def call(self, x, training=False):
+        return self._forward(x, training=training)
+
+    def _forward(self, x, training, temperature=None, build_pass=False):
+        del temperature, build_pass
+        s0 = s1 = self._stem(x, training)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, training=training)
+        return self._head(s1)
+
+
+def _copy_layer(src, dst, params, state):
+    pairs = [(src.trainable_variables, dst.trainable_variables, params)]
+    pairs.append((src.non_trainable_variables, dst.non_trainable_variables, state))
+    for src_vars, dst_vars, values in pairs:
+        if len(src_vars) != len(dst_vars):
+            raise ValueError(f"Cannot copy {src.path} into {dst.path}: variables differ.")
+        for s, d in zip(src_vars, dst_vars):
+            value = values.get(s.path, s.value) if values is not None else s.value
+            if tuple(d.shape) != tuple(value.shape):
+                raise ValueError(f"Shape mismatch copying {s.path} into {d.path}.")
+            d.assign(value)
+
+
+def discrete_from_search(
+    search_model,
+    params=None,
+    state=None,
+    genotype=None,
+    temperature=1.0,
+    threshold=0.01,
+    input_shape=None,
+):
+    """Hard-prunes a (task-adapted) search network into a `DiscreteNetwork`.
+
+    Args:
+      search_model: a built `SearchNetwork`.
+      params: ``{path: tensor}`` adapted values (as `FunctionalModel.params()`),
+        weights and arch; missing ones are read from the model's variables.
+      state: ``{path: tensor}`` BN statistics (as `FunctionalModel.state()` or
+        the new state of an inner loop); missing ones are read from the model.
+      genotype: the `Genotype` to build; derived from the arch values in
+        `params` at (`temperature`, `threshold`) when None.
+      temperature: softmax temperature for deriving the genotype.
+      threshold: hard-pruning threshold for deriving the genotype.
+      input_shape: ``(None, H, W, C)`` to build for; defaults to the search
+        model's input shape.
+
+    Returns:
+      ``(discrete_model, genotype)``: the built model holding copies of the kept
+      ops' weights and BN statistics, and the genotype it implements.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3.
+    """
+    if genotype is None:
+        genotype = search_model.genotype(params, temperature=temperature, threshold=threshold)
+    if tuple(genotype.primitives) != tuple(search_model.primitives):
+        raise ValueError(
+            f"Genotype primitives {genotype.primitives} differ from the search "
+            f"model's {search_model.primitives}."
+        )
+    discrete = DiscreteNetwork(genotype, **search_model.architecture_kwargs())
+    if input_shape is None:
+        input_shape = search_model.input_shape_for_build
+    discrete.build(tuple(input_shape))
+    discrete.built = True
+    params = params or {}
+    state = state or {}
+    pairs = [
+        (search_model.stem_conv, discrete.stem_conv),
+        (search_model.stem_bn, discrete.stem_bn),
+        (search_model.head, discrete.head),
+    ]
+    offsets = [sum(j + 2 for j in range(n)) for n in range(search_model.num_nodes)]
+    for s_cell, d_cell in zip(search_model.cells, discrete.cells):
+        pairs += [(s_cell.preproc0, d_cell.preproc0), (s_cell.preproc1, d_cell.preproc1)]
+        for d_edge, (j, i, _) in zip(d_cell.edges, d_cell.edge_index):
+            mixed = s_cell.edges[offsets[j] + i]
+            for name, d_op in zip(d_edge.op_names, d_edge.ops):
+                pairs.append((mixed.ops[mixed.primitives.index(name)], d_op))
+    for src, dst in pairs:
+        _copy_layer(src, dst, params, state)
+    return discrete, genotype
+
+
+def count_params(model):
+    """Number of trainable parameters of a model (the pruned size reported).
+
+    Args:
+      model: a built Keras model, e.g. a `DiscreteNetwork`.
+
+    Returns:
+      An int.
+
+    References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 5 (Fig. 5).
+    """
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+
+
+__all__ = [
+    "DiscreteNetwork",
+    "Genotype",
+    "MixedOp",
+    "SearchCell",
+    "SearchNetwork",
+    "arch_entropy",
+    "count_params",
+    "derive_genotype",
+    "discrete_from_search",
+    "mixing_weights",
+]
