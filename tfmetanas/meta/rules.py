@@ -149,9 +149,8 @@ class LSLR(UpdateRule):
         self.rates = {}
         for path in self.paths:
             v = keras.Variable(
-                tf.fill([self.num_steps], float(init_lr)),
+                tf.fill([self.num_steps], tf.cast(init_lr, keras.config.floatx())),
                 name="lslr__" + _safe_name(path),
-                dtype="float32",
             )
             self.rates[path] = params_lib.set_group(v, "meta")
         self.variables = tuple(self.rates.values())
