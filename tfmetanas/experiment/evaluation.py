@@ -73,9 +73,9 @@ class Evaluator:
         start = time.time()
         per_task, losses = [], []
         for tasks in source.eval_dataset(num_tasks, batch_size):
-            m, l = self._fn(tasks)
-            per_task.append(m.numpy())
-            losses.append(l.numpy())
+            metric, loss = self._fn(tasks)
+            per_task.append(metric.numpy())
+            losses.append(loss.numpy())
         per_task = np.concatenate(per_task)[:num_tasks]
         losses = np.concatenate(losses)[:num_tasks]
         summary = summarize(

@@ -15,7 +15,8 @@ from absl import logging
 
 from tfmetanas import data as data_lib
 from tfmetanas import errors
-from tfmetanas.experiment import evaluation, workdir as workdir_lib
+from tfmetanas.experiment import evaluation
+from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import algorithms
 from tfmetanas.models import params as params_lib
 from tfmetanas.models import zoo
