@@ -5,6 +5,7 @@ directly. It reads top to bottom in phases: workdir, input pipeline, model and
 algorithm, checkpoint restore, step function, loop, final validation.
 """
 
+import json
 import math
 import os
 import time
@@ -79,8 +80,10 @@ class Experiment:
             self.algorithm = algorithms.build_algorithm(config, self.fmodel, self.kind)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.best_metric = tf.Variable(np.nan, dtype=tf.float32, trainable=False, name="best")
+            self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, step=self.step, best_metric=self.best_metric,
+            train_seconds=self.train_seconds,
             **self.algorithm.trackables,
         )
 
@@ -129,6 +132,9 @@ def train(config, workdir):
     log_every = max(int(config.train.get("log_every", 50) or 50), 1)
     ckpt_every = int(config.train.get("checkpoint_every", 0) or eval_every or steps or 1)
     keep_best = int(config.train.get("keep_best", 1) or 1)
+    # A wall-clock budget (minutes, 0: none): the run stops cleanly at the
+    # first step past it, validates and checkpoints, as if train.steps ended there.
+    time_limit = 60.0 * float(config.train.get("time_limit_minutes", 0) or 0)
 
     # Model, algorithm, checkpoints.
     exp = Experiment(config)
@@ -173,6 +179,9 @@ def train(config, workdir):
         _scalars(writers["eval"], step, {"val/" + k: v for k, v in summary.items()
                                           if isinstance(v, (int, float))})
         metric = exp.metric_of(summary)
+        with open(os.path.join(workdir, "val_curve.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "train_seconds": round(time.time() - t0 + elapsed0, 1),
+                                **summary}) + "\n")
         prev = float(exp.best_metric.numpy())
         improved = math.isnan(prev) or (metric > prev if exp.higher_is_better() else metric < prev)
         if improved:
@@ -184,6 +193,7 @@ def train(config, workdir):
 
     # The loop.
     last_summary = {}
+    elapsed0 = float(exp.train_seconds.numpy())
     t0, last_log, last_log_step = time.time(), time.time(), start
     for step in range(start, steps):
         second_order = algorithm.second_order(step)
@@ -197,6 +207,7 @@ def train(config, workdir):
                 f"{workdir}/checkpoints is untouched; lower meta.lr or inner.lr and resume."
             )
         exp.step.assign(step + 1)
+        exp.train_seconds.assign(time.time() - t0 + elapsed0)
         done = step + 1
         if done % log_every == 0 or done == steps:
             values = {k: v.numpy() for k, v in metrics.items()}
@@ -217,6 +228,9 @@ def train(config, workdir):
             last_summary = validate_and_checkpoint(done)
         elif done % ckpt_every == 0:
             latest.save(checkpoint_number=done)
+        if time_limit and time.time() - t0 + elapsed0 >= time_limit:
+            logging.info("Stopping at step %d: train.time_limit_minutes reached.", done)
+            break
 
     # Final validation and checkpoint (if the last step did not already).
     final = int(exp.step.numpy())

@@ -1,0 +1,140 @@
+"""The training loop end to end: CLI runs, evaluation JSON, resume, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmetanas import errors
+from tfmetanas.experiment import defaults, evaluate, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(steps=4, **overrides):
+    """A glyphs 3-way 1-shot run small enough for a unit test."""
+    config = defaults.base_config()
+    config.data.source = "glyphs"
+    config.data.image_size = 14
+    config.data.ways, config.data.shots, config.data.queries = 3, 1, 2
+    config.model.filters, config.model.num_blocks = 4, 2
+    config.inner.steps, config.inner.eval_steps, config.inner.lr = 1, 2, 0.4
+    config.meta.meta_batch_size = 2
+    config.train.steps = steps
+    config.train.eval_every = 0
+    config.train.log_every = 2
+    config.train.progress = False
+    config.eval.num_tasks = 6
+    config.eval.num_val_tasks = 4
+    config.eval.batch_size = 3
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    return config
+
+
+def _variables(workdir, config):
+    exp = trainer.Experiment(config)
+    from tfmetanas.experiment import workdir as workdir_lib
+
+    workdir_lib.restore(workdir, exp.checkpoint, "latest")
+    return {v.path: v.numpy() for v in exp.model.variables}, int(exp.step.numpy())
+
+
+def test_train_then_evaluate_writes_results(tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = trainer.train(tiny_config(), workdir)
+    assert 0.0 <= summary["accuracy_mean"] <= 100.0
+    for name in ("config.json", "checkpoints", "train", "eval"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    result = evaluate.evaluate_workdir(workdir, split="test", checkpoint="latest")
+    with open(os.path.join(workdir, "eval_test.json")) as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(result))
+    assert written["num_tasks"] == 6 and written["inner_steps"] == 2
+    assert written["accuracy_ci95"] >= 0.0
+    # The same fixed test tasks give the same result again.
+    again = evaluate.evaluate_workdir(workdir, split="test", checkpoint="latest")
+    assert again["accuracy_mean"] == result["accuracy_mean"]
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
+    tf.config.experimental.enable_op_determinism()
+    overrides = {"meta.algorithm": algorithm}
+    if algorithm == "reptile":
+        overrides.update({"inner.rule": "adam", "inner.lr": 1e-3})
+    straight = str(tmp_path / "straight")
+    trainer.train(tiny_config(steps=4, **overrides), straight)
+    resumed = str(tmp_path / "resumed")
+    trainer.train(tiny_config(steps=2, **overrides), resumed)
+    trainer.train(tiny_config(steps=4, **overrides), resumed)
+    a, step_a = _variables(straight, tiny_config(steps=4, **overrides))
+    b, step_b = _variables(resumed, tiny_config(steps=4, **overrides))
+    assert step_a == step_b == 4
+    for path in a:
+        np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(steps=2), workdir)
+    with pytest.raises(errors.NonFiniteLossError, match="Non-finite"):
+        trainer.train(tiny_config(steps=6, **{"inner.lr": 1e30}), workdir)
+    # Same model config except the learning rate: the last good checkpoint restores.
+    _, step = _variables(workdir, tiny_config(steps=2))
+    assert step == 2
+
+
+def test_workdir_with_another_config_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(steps=1), workdir)
+    before = open(os.path.join(workdir, "config.json")).read()
+    with pytest.raises(errors.CheckpointError, match="model.filters"):
+        trainer.train(tiny_config(steps=2, **{"model.filters": 8}), workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(errors.CheckpointError, match="no config.json"):
+        evaluate.evaluate_workdir(str(tmp_path))
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    workdir = str(tmp_path / "cli")
+    flags = [
+        "--config=configs/quickstart.py", f"--workdir={workdir}",
+        "--config.train.steps=2", "--config.model.filters=4", "--config.data.image_size=14",
+        "--config.meta.meta_batch_size=2", "--config.eval.num_val_tasks=2",
+        "--config.train.progress=False",
+    ]
+    run = _cli("tfmetanas.train", *flags)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = _cli("tfmetanas.evaluate", f"--workdir={workdir}", "--num_tasks=4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "accuracy" in run.stdout
+    assert json.load(open(os.path.join(workdir, "eval_test.json")))["num_tasks"] == 4
+
+
+def test_cli_bad_flags_are_clear(tmp_path):
+    run = _cli("tfmetanas.train", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
+               "--config.inner.stepz=5")
+    assert run.returncode != 0
+    assert "stepz" in run.stderr and "Did you mean" in run.stderr
+    run = _cli("tfmetanas.train", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
+               "--config.meta.algorithm=mamll", "--config.train.steps=1")
+    assert run.returncode == 2
+    assert "mamll" in run.stderr and "reptile" in run.stderr
+    run = _cli("tfmetanas.evaluate", f"--workdir={tmp_path / 'nothing'}")
+    assert run.returncode == 2 and "no config.json" in run.stderr
