@@ -8,24 +8,24 @@ expected and how to fix it.
 
 
 class TFMetaNASError(Exception):
-  """Base class of every error tfmetanas raises on bad user input."""
+    """Base class of every error tfmetanas raises on bad user input."""
 
 
 class ConfigError(TFMetaNASError, ValueError):
-  """An unknown, missing or impossible configuration value."""
+    """An unknown, missing or impossible configuration value."""
 
 
 class DataError(TFMetaNASError):
-  """A data set that is missing, corrupt, or cannot supply what was asked."""
+    """A data set that is missing, corrupt, or cannot supply what was asked."""
 
 
 class CheckpointError(TFMetaNASError):
-  """A missing checkpoint, or one written by an incompatible config."""
+    """A missing checkpoint, or one written by an incompatible config."""
 
 
 class ExportError(TFMetaNASError):
-  """A bad support set or export destination."""
+    """A bad support set or export destination."""
 
 
 class NonFiniteLossError(TFMetaNASError, FloatingPointError):
-  """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss."""

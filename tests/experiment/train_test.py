@@ -138,3 +138,46 @@ def test_cli_bad_flags_are_clear(tmp_path):
     assert "mamll" in run.stderr and "reptile" in run.stderr
     run = _cli("tfmetanas.evaluate", f"--workdir={tmp_path / 'nothing'}")
     assert run.returncode == 2 and "no config.json" in run.stderr
+
+
+def test_train_on_real_omniglot(tmp_path):
+    root = os.environ.get("TFMETANAS_DATA_DIR", "")
+    if not root:
+        pytest.skip("TFMETANAS_DATA_DIR is not set: real Omniglot needs ../shared/data.")
+    config = tiny_config(steps=2, **{"data.source": "omniglot", "data.image_size": 28})
+    config.data.split_scheme = "vinyals"
+    config.data.rotations = True
+    summary = trainer.train(config, str(tmp_path / "omniglot"))
+    assert summary["num_tasks"] == 4 and 0.0 <= summary["accuracy_mean"] <= 100.0
+
+
+def test_train_on_tfds_omniglot_offline(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from tfmetanas.data import omniglot
+
+    monkeypatch.setenv("TFMETANAS_CACHE_DIR", str(tmp_path / "cache"))
+
+    def as_dataset(self, split, **kwargs):
+        del self, kwargs
+        # Classes repeat (5 drawers each); TFDS' own splits are not few-shot
+        # splits, so the loader splits the classes itself.
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        labels = np.repeat(np.arange(12) if split == "train" else np.arange(12, 18), 5)
+        return tf.data.Dataset.from_tensor_slices({
+            "image": rng.integers(0, 2, (labels.size, 105, 105, 3)).astype(np.uint8) * 255,
+            "label": labels,
+            "alphabet": labels // 3,
+            "alphabet_char_id": labels % 3,
+        })
+
+    omniglot._tfds_load.cache_clear()
+    config = tiny_config(steps=2, **{"data.source": "omniglot_tfds"})
+    config.data.split_scheme = "lake"
+    config.data.ways, config.data.rotations = 2, False
+    try:
+        with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+            summary = trainer.train(config, str(tmp_path / "tfds"))
+    finally:
+        omniglot._tfds_load.cache_clear()
+    assert 0.0 <= summary["accuracy_mean"] <= 100.0

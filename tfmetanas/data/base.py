@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.data import preprocess
 
 SPLITS = ("train", "val", "test")
 # Philox is the counter-based generator on every device; fixing it (instead of
@@ -51,9 +52,7 @@ def cfg_get(config, key, default=None):
 def check_split(split):
     """Raises ConfigError unless `split` is one of train/val/test."""
     if split not in SPLITS:
-        raise errors.ConfigError(
-            f"Unknown split {split!r}; valid splits are: {', '.join(SPLITS)}."
-        )
+        raise errors.ConfigError(f"Unknown split {split!r}; valid splits are: {', '.join(SPLITS)}.")
 
 
 def resolve_root(root, what):
@@ -142,9 +141,7 @@ def validate_episode_shape(ways, shots, queries):
     """Checks that N, K and Q are positive integers (ConfigError otherwise)."""
     for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise errors.ConfigError(
-                f"data.{name} must be a positive integer, got {value!r}."
-            )
+            raise errors.ConfigError(f"data.{name} must be a positive integer, got {value!r}.")
 
 
 class TaskSource:
@@ -168,9 +165,7 @@ class TaskSource:
         self.split = split
         self.seed = int(seed)
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
-        self._base_key = tf.constant(
-            [self.seed, zlib.crc32(split.encode()) & 0x7FFFFFFF], tf.int64
-        )
+        self._base_key = tf.constant([self.seed, zlib.crc32(split.encode()) & 0x7FFFFFFF], tf.int64)
 
     def task_key(self, index):
         """The stateless RNG key of task `index` (a [2] int64 tensor)."""
@@ -349,11 +344,13 @@ class ImageTaskSource(TaskSource):
         classes = tf.math.top_k(class_scores, n, sorted=True).indices
         image_scores = tf.random.stateless_uniform([n, self._max_count], image_key, alg=_ALG)
         if not self._equal_counts:
-            valid = tf.range(self._max_count)[tf.newaxis] < tf.gather(self._counts, classes)[:, None]
+            valid = (
+                tf.range(self._max_count)[tf.newaxis] < tf.gather(self._counts, classes)[:, None]
+            )
             image_scores = tf.where(valid, image_scores, -1.0)
         picks = tf.math.top_k(image_scores, k + q, sorted=True).indices
         flat_index = tf.gather(self._offsets, classes)[:, None] + tf.cast(picks, tf.int64)
-        images = tf.cast(tf.gather(self._images, flat_index), tf.float32) / 255.0
+        images = preprocess.uint8_to_unit(tf.gather(self._images, flat_index))
         shape = list(self.input_shape)
         labels = tf.range(n, dtype=tf.int32)
         return {

@@ -30,6 +30,16 @@ from PIL import Image, UnidentifiedImageError
 from tfmetanas import errors
 
 RESIZE_METHOD = "bilinear_antialias"
+# uint8 level -> float32 in [0, 1] by table lookup, not division: graph
+# optimisers rewrite x / 255 as x * (1 / 255), which differs in the last bit,
+# and training (eager or tf.function), loaders and export must agree exactly.
+_UNIT_TABLE = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def uint8_to_unit(images):
+    """Maps uint8 levels (or integer-valued floats 0..255) to float32 level / 255."""
+    images = tf.convert_to_tensor(images)
+    return tf.gather(tf.constant(_UNIT_TABLE), tf.cast(images, tf.int32))
 
 
 def make_spec(height, width=None, channels=1, invert=False):
@@ -84,9 +94,7 @@ def _levels(images, spec):
         x = tf.image.rgb_to_grayscale(x)
     elif in_channels == 1 and channels == 3:
         x = tf.tile(x, [1, 1, 1, 3])
-    x = tf.image.resize(
-        x, [spec["height"], spec["width"]], method="bilinear", antialias=True
-    )
+    x = tf.image.resize(x, [spec["height"], spec["width"]], method="bilinear", antialias=True)
     # Rounding to uint8 levels here (not only in the loaders) is what makes the
     # export path bit-identical to the stored training arrays.
     x = tf.round(tf.clip_by_value(x, 0.0, 255.0))
@@ -109,7 +117,7 @@ def preprocess_images(images, spec):
       float32 images [B, height, width, channels] (or [height, width,
       channels]) in [0, 1], quantised to multiples of 1/255.
     """
-    return _levels(images, spec) / 255.0
+    return uint8_to_unit(_levels(images, spec))
 
 
 def to_uint8(images):
@@ -132,9 +140,7 @@ def preprocess_to_uint8(images, spec, chunk_size=2048):
     Returns:
       uint8 array [B, height, width, channels].
     """
-    out = np.zeros(
-        (len(images), spec["height"], spec["width"], spec["channels"]), np.uint8
-    )
+    out = np.zeros((len(images), spec["height"], spec["width"], spec["channels"]), np.uint8)
     if isinstance(images, np.ndarray):
         for start in range(0, len(images), chunk_size):
             chunk = images[start : start + chunk_size]
