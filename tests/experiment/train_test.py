@@ -76,6 +76,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
     a, step_a = _variables(straight, tiny_config(steps=4, **overrides))
     b, step_b = _variables(resumed, tiny_config(steps=4, **overrides))
     assert step_a == step_b == 4
+    # Not vacuous: the restored variables are the trained ones, not a fresh init.
+    fresh = trainer.Experiment(tiny_config(steps=4, **overrides)).model.variables
+    assert any(not np.array_equal(a[v.path], v.numpy()) for v in fresh)
     for path in a:
         np.testing.assert_array_equal(a[path], b[path], err_msg=path)
 

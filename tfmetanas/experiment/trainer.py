@@ -81,8 +81,13 @@ class Experiment:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.best_metric = tf.Variable(np.nan, dtype=tf.float32, trainable=False, name="best")
             self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
+        # Variables are checkpointed by path, not through Keras' object graph:
+        # TF's checkpoint does not follow layers held in Python lists (conv
+        # blocks, MLP layers), which would silently drop them.
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, step=self.step, best_metric=self.best_metric,
+            model_variables={v.path: v for v in self.model.variables},
+            step=self.step,
+            best_metric=self.best_metric,
             train_seconds=self.train_seconds,
             **self.algorithm.trackables,
         )

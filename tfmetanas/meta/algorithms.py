@@ -8,11 +8,13 @@ meta-test adaptation procedure. Algorithms never read flags.
 Config keys (units in brackets):
   inner.steps            inner steps in meta-training
   inner.eval_steps       inner steps at meta-test (validation and test)
-  inner.rule             "sgd" | "adam" | "lslr"
-  inner.lr               inner learning rate (LSLR: initial value)
+  inner.rule             "sgd" | "adam" | "lslr" | "alfa"
+  inner.lr               inner learning rate (LSLR: initial value; ALFA: initial alpha0)
   inner.adam_beta1       Adam beta1 (Reptile/METANAS: 0)
   inner.weight_decay     L2 weight decay of the inner rule
   inner.bn_mode          "transductive" | "running"
+  inner.alfa.layers      ALFA generator depth (3, the paper; the official code has 2)
+  inner.alfa.init_beta   ALFA initial weight-decay post-multiplier beta0 (1.0)
   meta.algorithm         "maml" | "reptile" | "none"
   meta.meta_batch_size   tasks per meta-step (global)
   meta.second_order      MAML: exact second-order meta-gradients
@@ -21,13 +23,20 @@ Config keys (units in brackets):
   meta.schedule          "constant" | "cosine" | "linear" (linear: to 0, Reptile)
   meta.min_lr            cosine/linear floor
   meta.step_sizes        Reptile: {group: meta step size}
+  meta.groups            MAML: model parameter groups the outer loop learns
+                         (("weights", "arch", "meta"); ALFA+Random Init: ());
+                         the update rules' own variables are always learned
+  meta.msl               MAML++ multi-step loss (False)
+  meta.msl_epochs        MSL annealing epochs (10)
+  meta.iterations_per_epoch  meta-iterations per MSL epoch (500)
+  meta.first_order_until MAML++ DA: first order before this iteration (0)
 """
 
 import keras
-import tensorflow as tf
 
 from tfmetanas import errors, registry
-from tfmetanas.meta import inner, learners, rules
+from tfmetanas.meta import alfa, inner, learners, mamlpp, rules
+from tfmetanas.models import params as params_lib
 
 ALGORITHMS = registry.Registry("meta-learning algorithm")
 INNER_RULES = registry.Registry("inner-loop update rule")
@@ -64,6 +73,30 @@ def _adam(inner_config, fmodel, group):
 def _lslr(inner_config, fmodel, group):
     return rules.LSLR(
         fmodel.paths_of(group), int(_get(inner_config, "steps", 1)), float(_get(inner_config, "lr", 0.1))
+    )
+
+
+@INNER_RULES.register("alfa")
+def _alfa(inner_config, fmodel, group):
+    alfa_config = _get(inner_config, "alfa", None)
+    return alfa.ALFA(
+        fmodel.paths_of(group),
+        int(_get(inner_config, "steps", 1)),
+        float(_get(inner_config, "lr", 0.01)),
+        layers=int(_get(alfa_config, "layers", 3)),
+        init_beta=float(_get(alfa_config, "init_beta", 1.0)),
+    )
+
+
+def step_weights_from_config(config):
+    """MAML++ MSL weights ``iteration -> [k]`` if ``meta.msl``, else None (last step)."""
+    meta = config.meta
+    if not bool(_get(meta, "msl", False)):
+        return None
+    return mamlpp.MSLSchedule(
+        int(_get(config.inner, "steps", 5)),
+        int(_get(meta, "msl_epochs", 10)),
+        int(_get(meta, "iterations_per_epoch", 500)),
     )
 
 
@@ -111,10 +144,35 @@ class Algorithm:
         """Meta-test adaptation of one task (first order, `eval_steps` steps)."""
         return self.learner.adapt(task, num_steps=self.eval_steps, use_while_loop=True)
 
+    def scalars(self, iteration):
+        """Summary values that depend only on the iteration and the variables.
+
+        ``msl/weights`` ([k], MAML++ MSL), ``meta/second_order`` (DA),
+        ``lr/inner/<path>/step_j`` (LSLR rates and ALFA's alpha0 post-multipliers),
+        ``alfa/beta0/<path>/step_j``. The generated ALFA alpha/beta of a task
+        come from `tfmetanas.meta.alfa.hyperparameter_trace`.
+        """
+        out = {"meta/second_order": float(self.second_order(iteration))}
+        weights_fn = getattr(self.meta_learner, "step_weights", None)
+        if weights_fn is not None:
+            out["msl/weights"] = weights_fn(iteration)
+        for rule in self.learner.rules.values():
+            if isinstance(rule, rules.LSLR):
+                for path in rule.paths:
+                    for j, v in enumerate(rule.rates[path].numpy()):
+                        out[f"lr/inner/{path}/step_{j}"] = float(v)
+            elif isinstance(rule, alfa.ALFA):
+                for path in rule.paths:
+                    for j, v in enumerate(rule.alpha0[path].numpy()):
+                        out[f"lr/inner/{path}/step_{j}"] = float(v)
+                    for j, v in enumerate(rule.beta0[path].numpy()):
+                        out[f"alfa/beta0/{path}/step_{j}"] = float(v)
+        return out
+
     @property
     def trackables(self):
         """What a checkpoint must hold besides the model."""
-        out = {"rule_variables": list(self.learner.variables)}
+        out = {"rule_variables": {v.path: v for v in self.learner.variables}}
         out.update(self.meta_learner.optimizers)
         return out
 
@@ -146,7 +204,15 @@ def _maml(config, learner, total_steps):
         optimizer = keras.optimizers.SGD(learning_rate=lr, name="meta_sgd")
     else:
         raise errors.ConfigError(f"Unknown meta.optimizer {name!r}; valid: 'adam', 'sgd'.")
-    return learners.MAML(learner, optimizer)
+    groups = tuple(_get(meta, "groups", ("weights", "arch", "meta")))
+    unknown = set(groups) - set(params_lib.GROUPS)
+    if unknown:
+        raise errors.ConfigError(
+            f"Unknown meta.groups {sorted(unknown)}; valid: {params_lib.GROUPS}."
+        )
+    return learners.MAML(
+        learner, optimizer, step_weights=step_weights_from_config(config), groups=groups
+    )
 
 
 @ALGORITHMS.register("reptile")

@@ -30,6 +30,18 @@ def _conv4(config, input_shape, output_dim):
     )
 
 
+@BACKBONES.register("resnet12")
+def _resnet12(config, input_shape, output_dim):
+    del input_shape
+    return backbones.ResNet12(
+        output_dim,
+        channels=tuple(_get(config, "channels", (64, 128, 256, 512))),
+        pooling=_get(config, "pooling", "avg"),
+        slope=float(_get(config, "slope", 0.1)),
+        bn=_get(config, "bn", None),
+    )
+
+
 @BACKBONES.register("mlp")
 def _mlp(config, input_shape, output_dim):
     del input_shape
