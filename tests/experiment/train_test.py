@@ -102,6 +102,20 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     assert open(os.path.join(workdir, "config.json")).read() == before
 
 
+def test_top_k_ensemble_evaluation(tmp_path):
+    from tfmetanas.experiment import ensemble
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config(steps=3)
+    config.train.eval_every, config.train.keep_best = 1, 3
+    trainer.train(config, workdir)
+    result = ensemble.evaluate_ensemble(workdir, split="test", num_tasks=4)
+    assert result["protocol"] == "ensemble_top_k" and 1 <= result["k"] <= 3
+    assert len(result["member_metrics"]) == result["k"]
+    with open(os.path.join(workdir, "eval_test_ensemble.json")) as f:
+        assert json.load(f)["num_tasks"] == 4
+
+
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(errors.CheckpointError, match="no config.json"):
         evaluate.evaluate_workdir(str(tmp_path))

@@ -29,6 +29,9 @@ def base_config():
     config.model.downsample = "max_pool"  # max_pool | strided
     config.model.activation = "leaky_relu"
     config.model.hidden = (40, 40)  # MLP hidden widths
+    config.model.channels = (64, 128, 256, 512)  # ResNet-12 block widths
+    config.model.pooling = "avg"  # ResNet-12 head: avg | flatten
+    config.model.slope = 0.1  # ResNet-12 LeakyReLU slope
     config.model.bn = ml_collections.ConfigDict()
     config.model.bn.num_steps = 1  # rows of per-step BN (MAML++: inner.steps)
     config.model.bn.per_step_stats = False  # MAML++ BNRS
@@ -46,6 +49,9 @@ def base_config():
     config.inner.momentum = 0.0
     config.inner.weight_decay = 0.0
     config.inner.bn_mode = "transductive"  # transductive | running
+    config.inner.alfa = ml_collections.ConfigDict()
+    config.inner.alfa.layers = 3  # ALFA generator depth (paper: 3; official code: 2)
+    config.inner.alfa.init_beta = 1.0  # initial weight-decay post-multiplier beta0
 
     config.meta = ml_collections.ConfigDict()
     config.meta.algorithm = "maml"  # maml | reptile | none
@@ -57,6 +63,10 @@ def base_config():
     config.meta.schedule = "constant"  # constant | cosine | linear
     config.meta.min_lr = 0.0
     config.meta.step_sizes = ml_collections.ConfigDict()  # Reptile: {group: step size}
+    config.meta.groups = ("weights", "arch", "meta")  # MAML: groups the outer loop learns
+    config.meta.msl = False  # MAML++ multi-step loss
+    config.meta.msl_epochs = 10  # MSL annealing length (epochs)
+    config.meta.iterations_per_epoch = 500  # meta-iterations per MAML++ epoch
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 1000  # meta-iterations

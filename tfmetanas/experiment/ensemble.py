@@ -116,7 +116,7 @@ def evaluate_ensemble(workdir, split="test", num_tasks=None, k=None, steps=None,
       data_root: overrides ``data.root``.
 
     Returns:
-      The dict written to ``workdir/eval_<split>.json``: the fields of
+      The dict written to ``workdir/eval_<split>_ensemble.json``: the fields of
       `tfmetanas.experiment.evaluate.evaluate_workdir` plus ``protocol =
       "ensemble_top_k"``, ``k``, ``member_checkpoints`` and ``member_metrics``.
 
@@ -157,5 +157,6 @@ def evaluate_ensemble(workdir, split="test", num_tasks=None, k=None, steps=None,
         "member_checkpoints": checkpoints,
         "member_metrics": [m * 100.0 if exp.kind == "classification" else m for m in members],
     })
-    workdir_lib.write_json_atomic(os.path.join(workdir, f"eval_{split}.json"), summary)
+    # Beside, not over, the single-checkpoint result: both protocols are reported.
+    workdir_lib.write_json_atomic(os.path.join(workdir, f"eval_{split}_ensemble.json"), summary)
     return summary

@@ -37,7 +37,8 @@ def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", s
     evaluator = evaluation.Evaluator(exp.algorithm, exp.kind)
     summary, _ = evaluator.run(exp.sources[split], num_tasks, int(config.eval.get("batch_size", 10)))
     summary.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": path,
-                    "step": int(exp.step.numpy()), "bn_mode": config.inner.get("bn_mode", "transductive")})
+                    "step": int(exp.step.numpy()), "bn_mode": config.inner.get("bn_mode", "transductive"),
+                    "protocol": "single_checkpoint"})
     workdir_lib.write_json_atomic(os.path.join(workdir, f"eval_{split}.json"), summary)
     return summary
 

@@ -111,13 +111,11 @@ def _scalars(writer, step, values):
 
 
 def _learning_rates(algorithm, step):
+    """Outer learning rates; the inner ones (LSLR, ALFA) come from `Algorithm.scalars`."""
     out = {}
     for name, opt in algorithm.meta_learner.optimizers.items():
         lr = opt.learning_rate
         out[f"lr/outer/{name}"] = float(lr(step) if callable(lr) else lr)
-    for v in algorithm.learner.variables:
-        if v.path.startswith("lslr__") or "lslr" in v.path:
-            out[f"lr/inner/{v.path}"] = np.asarray(v.value)
     return out
 
 
@@ -217,8 +215,10 @@ def train(config, workdir):
         if done % log_every == 0 or done == steps:
             values = {k: v.numpy() for k, v in metrics.items()}
             values.update(_learning_rates(algorithm, step))
-            values["meta/param_norm"] = float(tf.linalg.global_norm(algorithm.meta_learner.variables or [tf.zeros([])]))
-            values["meta/second_order"] = float(second_order)
+            values.update(algorithm.scalars(step))
+            values["meta/param_norm"] = float(
+                tf.linalg.global_norm(algorithm.meta_learner.variables or [tf.zeros([])])
+            )
             _scalars(writers["train"], done, values)
             rate = (done - last_log_step) / max(time.time() - last_log, 1e-9)
             eta = (steps - done) / max(rate, 1e-9)
