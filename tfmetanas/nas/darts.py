@@ -35,6 +35,13 @@ function by exactly that term, and by nothing when ``w`` is 0, whereas
 renormalising would rescale every kept term. So the pruned network equals the
 search network when the pruned weights are exactly zero, which is what the
 paper's prune-without-retraining needs.
+
+Cost of soft pruning: every op runs under its own `tf.cond` (flat, never
+nested). The forward pass and first-order gradients (the paper's first-order
+DARTS task learner) trace in seconds, but building *second-order* gradients
+through hundreds of conds takes minutes even for tiny networks; use
+``prune_threshold=0`` (no conds, everything computed) for second-order task
+learning.
 """
 
 import math
@@ -109,22 +116,44 @@ class MixedOp(keras.layers.Layer):
         self.stride = stride
         self.ops = [ops_lib.make_op(p, channels, stride) for p in self.primitives]
 
-    def call(self, x, weights, threshold=None, training=False):
-        """Mixes the ops with `weights` ``(num_ops,)``; skips those < threshold."""
+    def build(self, input_shape):
+        del input_shape  # Sub-layers are built by the network's eager build pass.
+
+    def call(self, x, weights, threshold=None, training=False, coef=None, gate=None):
+        """Mixes the ops with `weights` ``(num_ops,)``.
+
+        Args:
+          x: edge input.
+          weights: ``(num_ops,)`` mixing weights.
+          threshold: ops with weight below it (the largest excepted) are not
+            computed; None computes all.
+          training: BN mode.
+          coef: optional scalar multiplying the edge (summed subset weights).
+          gate: optional boolean scalar; False skips the whole edge.
+
+        Returns:
+          ``coef * sum_o w_o * o(x)`` over the computed ops.
+        """
         thr = None if threshold is None else _effective_threshold(weights, threshold)
         out = None
         for o, (name, op) in enumerate(zip(self.primitives, self.ops)):
             if name == "none":
                 continue  # Contributes exactly zero: never computed.
+            scale = weights[o] if coef is None else coef * weights[o]
 
-            def term(o=o, op=op):
-                return weights[o] * op(x, training=training)
+            def term(op=op, scale=scale):
+                return scale * op(x, training=training)
 
-            if thr is None:
+            if thr is None and gate is None:
                 y = term()
             else:
+                # One flat `tf.cond` per op (edge gate folded into the predicate):
+                # nested conds make second-order gradients very slow to build.
+                pred = weights[o] >= thr if thr is not None else gate
+                if thr is not None and gate is not None:
+                    pred = tf.logical_and(pred, gate)
                 y = ops_lib.run_if(
-                    weights[o] >= thr,
+                    pred,
                     term,
                     lambda: ops_lib.output_zeros(x, self.channels, self.stride),
                     op.non_trainable_variables if training else (),
@@ -179,6 +208,9 @@ class SearchCell(keras.layers.Layer):
                 stride = 2 if reduction and i < 2 else 1
                 self.edges.append(MixedOp(primitives, channels, stride, name=f"edge_{j}_{i}"))
 
+    def build(self, input_shape):
+        del input_shape  # Sub-layers are built by the network's eager build pass.
+
     def call(
         self,
         s0,
@@ -222,24 +254,14 @@ class SearchCell(keras.layers.Layer):
                 coef, gate = None, None
             node = None
             for i in range(n_in):
-                edge = self.edges[e + i]
-                w = op_weights[e + i]
-
-                def term(edge=edge, x=states[i], w=w, i=i, coef=coef):
-                    y = edge(x, w, threshold=threshold, training=training)
-                    return y if coef is None else coef[i] * y
-
-                if gate is None or threshold is None:
-                    y = term()
-                else:
-                    y = ops_lib.run_if(
-                        gate[i],
-                        term,
-                        lambda x=states[i], s=edge.stride: ops_lib.output_zeros(
-                            x, self.channels, s
-                        ),
-                        edge.non_trainable_variables if training else (),
-                    )
+                y = self.edges[e + i](
+                    states[i],
+                    op_weights[e + i],
+                    threshold=threshold,
+                    training=training,
+                    coef=None if coef is None else coef[i],
+                    gate=None if gate is None or threshold is None else gate[i],
+                )
                 node = y if node is None else node + y
             states.append(node)
             e += n_in
@@ -524,10 +546,15 @@ class DiscreteEdge(keras.layers.Layer):
         self.op_weights = tuple(float(w) for _, w in op_weights)
         self.ops = [ops_lib.make_op(name, channels, stride) for name in self.op_names]
 
-    def call(self, x, training=False):
+    def build(self, input_shape):
+        del input_shape  # Sub-layers are built by the network's eager build pass.
+
+    def call(self, x, training=False, coef=None):
         out = None
         for w, op in zip(self.op_weights, self.ops):
-            y = tf.constant(w, x.dtype) * op(x, training=training)
+            # Same rounding as `MixedOp`: (edge coefficient * op weight) * op(x).
+            scale = tf.constant(w, x.dtype) if coef is None else tf.constant(coef, x.dtype) * w
+            y = scale * op(x, training=training)
             out = y if out is None else out + y
         return out
 
@@ -558,6 +585,9 @@ class DiscreteCell(keras.layers.Layer):
                 )
                 self.edge_index.append((j, edge.input, coef.get(edge.input, 0.0)))
 
+    def build(self, input_shape):
+        del input_shape  # Sub-layers are built by the network's eager build pass.
+
     def call(self, s0, s1, training=False):
         states = [self.preproc0(s0, training=training), self.preproc1(s1, training=training)]
         for j in range(len(self.cell.nodes)):
@@ -565,7 +595,7 @@ class DiscreteCell(keras.layers.Layer):
             for edge, (jj, i, c) in zip(self.edges, self.edge_index):
                 if jj != j:
                     continue
-                y = tf.constant(c, s1.dtype) * edge(states[i], training=training)
+                y = edge(states[i], training=training, coef=c)
                 node = y if node is None else node + y
             if node is None:  # Every kept op of the node was `none`.
                 node = ops_lib.output_zeros(states[1], self.channels, 2 if self.reduction else 1)

@@ -242,8 +242,12 @@ def _derive_cell(alpha, betas, temperature, threshold, strategy, primitives, k):
                 if not ops:  # Only `none` survived: the edge contributes nothing.
                     continue
             edges.append(Edge(int(i), ops))
-        nodes.append(Node(subsets=tuple((tuple(int(i) for i in s), w_) for s, w_ in kept_subsets),
-                          edges=tuple(edges)))
+        nodes.append(
+            Node(
+                subsets=tuple((tuple(int(i) for i in s), w_) for s, w_ in kept_subsets),
+                edges=tuple(edges),
+            )
+        )
     return Cell(tuple(nodes))
 
 

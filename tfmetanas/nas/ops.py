@@ -180,7 +180,11 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False):
         if training:
-            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            # Not tf.nn.moments: it stops the gradient of the mean inside the
+            # variance, which is harmless at first order but makes
+            # second-order meta-gradients wrong.
+            mean = tf.reduce_mean(x, axis=[0, 1, 2])
+            variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
             m = self.momentum
             assign_state(self.moving_mean, m * self.moving_mean.value + (1.0 - m) * mean)
             assign_state(
@@ -204,8 +208,11 @@ class Conv(keras.layers.Layer):
     def __init__(self, filters, kernel_size, stride=1, dilation=1, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
-        self.kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (
-            kernel_size, kernel_size)
+        self.kernel_size = (
+            tuple(kernel_size)
+            if isinstance(kernel_size, (tuple, list))
+            else (kernel_size, kernel_size)
+        )
         self.stride = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
         self.dilation = dilation
 
@@ -279,6 +286,11 @@ class Op(keras.layers.Layer):
         self.channels = channels
         self.stride = stride
         self.chain = []
+
+    def build(self, input_shape):
+        # Sub-layers build themselves on the network's eager build pass; without
+        # this override Keras would build by symbolic tracing, nested per level.
+        del input_shape
 
     def call(self, x, training=False):
         for layer in self.chain:

@@ -1,0 +1,88 @@
+"""Tests of the DARTS / METANAS candidate operations (tfmetanas/nas/ops.py)."""
+
+import pytest
+import tensorflow as tf
+
+from tfmetanas import errors
+from tfmetanas.models.params import group_of
+from tfmetanas.nas import ops
+
+ALL_OPS = ops.OPERATIONS.names()
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+@pytest.mark.parametrize("stride,size", [(1, 8), (2, 7)])
+def test_output_shape(name, stride, size):
+    op = ops.make_op(name, 4, stride)
+    x = tf.random.normal((2, size, size, 4))
+    expected = (2, -(-size // stride), -(-size // stride), 4)
+    assert tuple(op(x, training=False).shape) == expected
+    assert tuple(op(x, training=True).shape) == expected
+
+
+def test_registry_has_the_few_shot_space_and_lists_names_on_error():
+    for name in ops.FEW_SHOT_PRIMITIVES + ("none", "sep_conv_5x5", "dil_conv_5x5"):
+        assert name in ops.OPERATIONS
+    with pytest.raises(errors.ConfigError, match="sep_conv_3x3"):
+        ops.make_op("sep_conv_7x7", 4, 1)
+
+
+def test_groups_and_affine_free_batch_norm():
+    op = ops.make_op("sep_conv_3x3", 4, 1)
+    op(tf.zeros((1, 8, 8, 4)))
+    # Kernels only: DARTS search BN has no scale/shift.
+    assert [v.name for v in op.trainable_variables] == ["kernel"] * 4
+    assert all(group_of(v) == "weights" for v in op.trainable_variables)
+    assert len(op.non_trainable_variables) == 4  # 2 BNs x (mean, variance)
+
+
+def test_skip_connect_stride_2_is_factorized_reduce():
+    assert isinstance(ops.make_op("skip_connect", 4, 2), ops.FactorizedReduce)
+    assert isinstance(ops.make_op("skip_connect", 4, 1), ops.Identity)
+
+
+def test_strided_dilated_conv_matches_symmetric_padding_reference():
+    conv = ops.Conv(3, 3, stride=2, dilation=2)
+    x = tf.random.normal((1, 9, 9, 2))
+    y = conv(x)
+    # Reference: the dilated kernel written out as a 5x5 kernel with zeros,
+    # symmetric padding 2 (PyTorch / DARTS), stride 2.
+    k = conv.kernel.value
+    dilated = tf.scatter_nd([[0], [2], [4]], tf.transpose(k, [0, 1, 2, 3]), [5, 3, 2, 3])
+    dilated = tf.transpose(
+        tf.scatter_nd([[0], [2], [4]], tf.transpose(dilated, [1, 0, 2, 3]), [5, 5, 2, 3]),
+        [1, 0, 2, 3],
+    )
+    padded = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+    ref = tf.nn.conv2d(padded, dilated, 2, "VALID")
+    tf.debugging.assert_near(y, ref, atol=1e-5)
+
+
+def test_batch_norm_updates_state_only_in_training():
+    bn = ops.BatchNorm()
+    x = tf.random.normal((8, 4, 4, 3)) * 3.0 + 1.0
+    y = bn(x, training=False)
+    tf.debugging.assert_near(y, x / tf.sqrt(1.0 + 1e-5), atol=1e-5)
+    bn(x, training=True)
+    mean = tf.reduce_mean(x, axis=[0, 1, 2])
+    tf.debugging.assert_near(bn.moving_mean.value, 0.1 * mean, atol=1e-5)
+
+
+def test_run_if_skips_and_hoists_state_updates_in_a_graph():
+    bn = ops.BatchNorm()
+    x = tf.random.normal((4, 4, 4, 2)) + 5.0
+    bn(x)  # build
+
+    @tf.function
+    def f(pred):
+        return ops.run_if(
+            pred,
+            lambda: bn(x, training=True),
+            lambda: tf.zeros_like(x),
+            bn.non_trainable_variables,
+        )
+
+    tf.debugging.assert_equal(f(tf.constant(False)), tf.zeros_like(x))
+    tf.debugging.assert_equal(bn.moving_mean.value, tf.zeros((2,)))
+    f(tf.constant(True))
+    assert float(tf.reduce_min(bn.moving_mean.value)) > 0.3
