@@ -35,6 +35,7 @@ setup(
         "console_scripts": [
             "tfmetanas-train=tfmetanas.train:run",
             "tfmetanas-evaluate=tfmetanas.evaluate:run",
+            "tfmetanas-search=tfmetanas.search:run",
             "tfmetanas-export=tfmetanas.export:run",
         ],
     },

@@ -26,9 +26,9 @@ Design:
   training batches (cumulative moving average), before evaluation.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 from tfmetanas import errors
 from tfmetanas.models import params as params_lib
@@ -264,7 +264,11 @@ class Supernet(keras.Model):
             raise ValueError(
                 f"{self.name} is a supernet: pass arch=<int32 tensor of {self.num_layers} choices>."
             )
-        if not isinstance(arch, (tuple, list)):
+        if isinstance(arch, (tuple, list)):
+            # Static sub-model (Keras may have turned numpy ints into eager scalars).
+            arch = tuple(int(a if isinstance(a, (int, np.integer)) else tf.get_static_value(a))
+                         for a in arch)
+        else:
             arch = tf.convert_to_tensor(arch, tf.int32)
         y, updates = self.forward(x, arch, training=training)
         for variable, value in updates:

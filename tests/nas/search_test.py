@@ -1,0 +1,75 @@
+"""End-to-end `search()` (search.py): train 2-3 steps, resume, rank, search."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from tfmetanas import errors, search
+from tfmetanas.experiment import workdir as workdir_lib
+
+
+def _config(strategy="sumnas"):
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "nb201", "sumnas.py")
+    spec = importlib.util.spec_from_file_location("nb201_sumnas_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.source = "random"
+    config.data.num_classes = 4
+    config.data.per_class = 6
+    config.data.val_per_class = 2
+    config.data.image_size = 8
+    config.model.channels = 2
+    config.train.strategy = strategy
+    config.train.inner_steps = 2
+    config.train.steps = 2
+    config.train.batch_size = 8
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 1
+    config.search.generations = 1
+    config.search.population = 2
+    config.search.offspring = 2
+    config.search.rank.num_archs = 3
+    config.search.rank.calibration_batches = 1
+    config.search.rank.calibration_batch_size = 8
+    config.search.max_macs = 1e9
+    return config
+
+
+def test_train_resume_rank_search(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config()
+    out = search.search(config, workdir, ["train"])
+    assert set(out["train"]) >= {"loss", "accuracy"}
+    assert workdir_lib.has_checkpoint(workdir)
+    assert os.listdir(os.path.join(workdir, "train"))
+    config.train.steps = 3  # resume: one more step
+    search.search(config, workdir, ["train"])
+    ckpt = os.path.basename(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
+    assert ckpt.endswith("-3")
+    out = search.search(config, workdir, ["rank", "search"])
+    with open(os.path.join(workdir, "search.json")) as f:
+        result = json.load(f)
+    assert len(result["best_arch"]) == 6 and result["best_macs"] <= 1e9
+    assert len(out["rank"]["archs"]) == 3
+
+
+def test_bad_config_values(tmp_path):
+    config = _config()
+    config.train.strategy = "darts"
+    with pytest.raises(errors.ConfigError, match="valid"):
+        search.search(config, str(tmp_path / "a"), ["train"])
+    config = _config()
+    with pytest.raises(errors.ConfigError, match="stages"):
+        search.search(config, str(tmp_path / "b"), ["trian"])
+
+
+def test_non_finite_loss(tmp_path):
+    config = _config("spos")
+    config.train.learning_rate = 1e30
+    config.train.steps = 3
+    with pytest.raises(errors.NonFiniteLossError, match="learning_rate"):
+        search.search(config, str(tmp_path / "c"), ["train"])

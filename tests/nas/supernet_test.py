@@ -1,0 +1,59 @@
+"""BN recalibration and sub-model evaluation (supernet.py)."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfmetanas.nas import nb201
+from tfmetanas.nas import supernet as sn
+
+
+def _setup():
+    model = nb201.build_supernet(3, channels=4, cells_per_stage=1, image_size=8)
+    rng = np.random.default_rng(0)
+    calib = [rng.normal(size=(16, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    val_x = rng.normal(size=(10, 8, 8, 3)).astype(np.float32)
+    val_y = rng.integers(0, 3, 10).astype(np.int32)
+    return model, sn.SubmodelEvaluator(model, calib, val_x, val_y, batch_size=4), calib
+
+
+def test_recalibration_changes_only_bn_statistics_of_the_subnet():
+    model, evaluator, calib = _setup()
+    arch = (3, 2, 0, 3, 1, 4)
+    weights = [v.numpy() for v in model.trainable_variables]
+    stats = {v.path: v.numpy() for v in model.non_trainable_variables}
+    evaluator.recalibrate(arch)
+    for v, w in zip(model.trainable_variables, weights):
+        np.testing.assert_array_equal(v.numpy(), w)
+    owners = model.candidate_variables()
+    changed = 0
+    for v in model.non_trainable_variables:
+        same = np.array_equal(v.numpy(), stats[v.path])
+        if v.path in owners and arch[owners[v.path][0]] != owners[v.path][1]:
+            assert same, v.path
+        changed += not same
+    assert changed > 0
+    # The stem BN mean is the average batch mean of the stem conv output.
+    conv, bn = model.stem.steps
+    means = [tf.reduce_mean(conv.forward(tf.constant(b))[0], [0, 1, 2]) for b in calib]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, 0), atol=1e-5)
+
+
+def test_evaluate_restores_state_and_scores():
+    model, evaluator, _ = _setup()
+    before = [v.numpy() for v in model.non_trainable_variables]
+    results = evaluator.evaluate_many([(3,) * 6, (1,) * 6])
+    for r in results:
+        assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["loss"])
+    for v, b in zip(model.non_trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_switch_and_stack_agree():
+    x = tf.random.normal([4, 8, 8, 3])
+    outs = []
+    for selection in sn.SELECTIONS:
+        tf.keras.utils.set_random_seed(3)
+        model = nb201.build_supernet(3, channels=4, cells_per_stage=1, image_size=8,
+                                     selection=selection)
+        outs.append(model(x, training=True, arch=tf.constant([3, 2, 0, 3, 1, 4])).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)

@@ -1,0 +1,233 @@
+"""Supernet training steps: SPOS, FairNAS and SUMNAS.
+
+One training step of each strategy on an ordinary supervised batch:
+
+- **SPOS** (Guo et al., arXiv:1904.00420, Section 3.2): one uniformly sampled
+  path; one SGD update of the weights that path uses.
+- **FairNAS** (Chu et al., arXiv:1907.01845, Section 3.2, Algorithm 1):
+  strict fairness; every layer draws a random permutation of its m
+  candidates, giving m sub-models that together train every candidate of every
+  layer exactly once; their gradients are averaged (or summed) into ONE update.
+- **SUMNAS** (Ha et al., ICLR 2022, Section 3, Algorithm 1 and Appendix A):
+  the same fair sampling, resampled every step (a public re-implementation
+  resamples once per epoch); each sub-model adapts the shared weights with k
+  inner SGD steps on the batch (lr 0.05, momentum 0.9), and the Reptile
+  differences are averaged into one outer update,
+  ``theta <- theta - beta_t * (theta - mean_i theta_i^(k) + wd * theta)``,
+  outer SGD lr 1.0 with a cosine schedule and weight decay 4e-5.
+
+With k = 1 SUMNAS *is* FairNAS: a single inner step from a fresh momentum
+buffer gives ``theta - theta_i = alpha * g_i``, so the outer pseudo-gradient is
+``alpha * mean_i g_i``; SUMNAS(alpha, beta, wd, momentum) equals
+FairNAS(mean, lr = alpha * beta, wd = wd / alpha, same momentum) exactly
+(tested in `tests/nas/sumnas_test.py`).
+
+Weights are values: the inner loops run on tensors through `FunctionalModel`
+(`stateless_call`) and `rules.SGD`; only the outer update assigns variables.
+BN statistics are threaded through the sub-models in order, as in-place
+running statistics would be. Each step is one `tf.function` whose sub-model loop and inner loop are
+`tf.while_loop`s, so graph size and tracing time do not grow with m or k
+(tracing the unrolled SUMNAS step took minutes on a shared CPU); the sampled
+architectures are tensors derived from (seed, step) with stateless random
+ops, so it traces once and a resumed run sees the same paths.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfmetanas import errors
+from tfmetanas.meta import rules
+from tfmetanas.models import params as params_lib
+from tfmetanas.nas import supernet as sn
+
+STRATEGIES = ("spos", "fairnas", "sumnas")
+
+
+def cosine_schedule(base_lr, total_steps, final_fraction=0.0):
+    """``step -> lr``: cosine decay from `base_lr` to `final_fraction * base_lr`."""
+    total = max(int(total_steps), 1)
+
+    def lr(step):
+        t = tf.minimum(tf.cast(step, tf.float32), float(total)) / float(total)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * t))
+        return base_lr * (final_fraction + (1.0 - final_fraction) * cosine)
+
+    return lr
+
+
+class SupernetTrainer:
+    """Trains a `Supernet` with SPOS, FairNAS or SUMNAS.
+
+    Args:
+      model: a built `tfmetanas.nas.supernet.Supernet`.
+      strategy: "spos", "fairnas" or "sumnas".
+      learning_rate: outer (SPOS/FairNAS: the only) learning rate; SUMNAS: 1.0.
+      total_steps: length of the cosine schedule.
+      momentum: outer SGD momentum.
+      weight_decay: outer L2 weight decay (added to the (pseudo-)gradient).
+      seed: sampling seed; paths are a pure function of (seed, step).
+      inner_steps: SUMNAS k.
+      inner_learning_rate: SUMNAS alpha (paper: 0.05).
+      inner_momentum: SUMNAS inner momentum (paper: 0.9), fresh per sub-model.
+      fair_reduction: FairNAS "mean" or "sum" of the m gradients.
+      cosine: whether the outer learning rate follows a cosine schedule.
+      jit_compile: XLA-compile the step.
+
+    Example:
+      trainer = SupernetTrainer(model, "sumnas", learning_rate=1.0, total_steps=1000)
+      metrics = trainer.train_step(images, labels)
+
+    References: Guo et al., arXiv:1904.00420; Chu et al., arXiv:1907.01845;
+      Ha et al., ICLR 2022 (SUMNAS), Algorithm 1.
+    """
+
+    def __init__(self, model, strategy, *, learning_rate, total_steps, momentum=0.0,
+                 weight_decay=0.0, seed=0, inner_steps=1, inner_learning_rate=0.05,
+                 inner_momentum=0.9, fair_reduction="mean", cosine=True, jit_compile=False):
+        if strategy not in STRATEGIES:
+            raise errors.ConfigError(f"Unknown supernet strategy {strategy!r}; valid: {STRATEGIES}.")
+        if fair_reduction not in ("mean", "sum"):
+            raise errors.ConfigError(f"fair_reduction must be 'mean' or 'sum', not {fair_reduction!r}.")
+        if int(inner_steps) < 1:
+            raise errors.ConfigError(f"SUMNAS inner_steps must be >= 1, got {inner_steps}.")
+        if learning_rate <= 0 or (strategy == "sumnas" and inner_learning_rate <= 0):
+            raise errors.ConfigError(
+                f"Learning rates must be > 0, got {learning_rate} (outer) and "
+                f"{inner_learning_rate} (inner)."
+            )
+        self.model, self.strategy = model, strategy
+        self.fm = params_lib.FunctionalModel(model)
+        self.seed = int(seed)
+        self.inner_steps = int(inner_steps)
+        self.fair_reduction = fair_reduction
+        lr = cosine_schedule(learning_rate, total_steps) if cosine else learning_rate
+        self.learning_rate = lr if callable(lr) else (lambda step: lr)
+        self.outer_rule = rules.SGD(lr, momentum=momentum, weight_decay=weight_decay)
+        self.inner_rule = rules.SGD(inner_learning_rate, momentum=inner_momentum)
+        self.paths = self.fm.paths_of("weights")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.momentum_buffers = {}
+        if momentum:
+            for p in self.paths:
+                v = self.fm.variables_by_path[p]
+                self.momentum_buffers[p] = tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                                       name="momentum/" + p.replace("/", "__"))
+        self._train_step = tf.function(self._step, jit_compile=jit_compile)
+
+    def checkpoint_items(self):
+        """Objects to put in a `tf.train.Checkpoint` (model, step, momentum)."""
+        return {"model": self.model, "step": self.step,
+                "momentum": dict((p.replace("/", "__"), v) for p, v in self.momentum_buffers.items())}
+
+    # ---- pieces -----------------------------------------------------------
+
+    def _loss(self, params, state, images, labels, arch):
+        logits, new_state = self.fm(params, state, images, training=True, arch=arch)
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        return loss, (tf.reduce_mean(tf.cast(correct, tf.float32)), new_state)
+
+    def _grads(self, params, state, images, labels, arch):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, (accuracy, new_state) = self._loss(params, state, images, labels, arch)
+        grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, accuracy, grads, new_state
+
+    def sample(self, step):
+        """Sub-model architectures of `step`: int32 [num_paths, num_layers]."""
+        num_layers, num_choices = self.model.num_layers, self.model.num_choices
+        if self.strategy == "spos":
+            return sn.sample_uniform(self.seed, step, num_layers, num_choices)[None]
+        return sn.sample_fair(self.seed, step, num_layers, num_choices)
+
+    # ---- one step ---------------------------------------------------------
+
+    def _adapt(self, params, state, images, labels, arch):
+        """SUMNAS inner loop: k SGD steps from `params`; a `tf.while_loop`, so
+        the graph does not grow with k (Reptile is first order)."""
+
+        def body(j, fast, rule_state, state, first):
+            loss, accuracy, grads, state = self._grads(fast, state, images, labels, arch)
+            fast, rule_state = self.inner_rule.apply(j, grads, fast, rule_state)
+            # Report the loss before adaptation (inner step 0).
+            first = tf.cond(tf.equal(j, 0), lambda: tf.stack([loss, accuracy]), lambda: first)
+            return j + 1, fast, rule_state, state, first
+
+        _, fast, _, state, first = tf.while_loop(
+            lambda j, *_: j < self.inner_steps,
+            body,
+            (tf.constant(0), params, self.inner_rule.init(params), state, tf.zeros([2])),
+            parallel_iterations=1,
+        )
+        return first[0], first[1], fast, state
+
+    def _step(self, images, labels):
+        step = self.step.read_value()
+        archs = self.sample(step)
+        num_paths = self.model.num_choices if self.strategy != "spos" else 1
+        params = self.fm.params("weights")
+        state = self.fm.state()
+
+        # Sub-models run one after another in a `tf.while_loop` (the graph
+        # holds one forward/backward, not m); BN statistics are threaded.
+        def submodel(i, total, state, metrics):
+            arch = archs[i]
+            if self.strategy == "sumnas":
+                loss, accuracy, fast, state = self._adapt(params, state, images, labels, arch)
+                # Reptile difference theta - theta_i^(k).
+                direction = {p: params[p] - fast[p] for p in self.paths}
+            else:
+                loss, accuracy, direction, state = self._grads(params, state, images, labels, arch)
+            total = {p: total[p] + direction[p] for p in self.paths}
+            return i + 1, total, state, metrics + tf.stack([loss, accuracy])
+
+        _, total, state, metrics = tf.while_loop(
+            lambda i, *_: i < num_paths,
+            submodel,
+            (tf.constant(0), {p: tf.zeros_like(params[p]) for p in self.paths}, state,
+             tf.zeros([2])),
+            parallel_iterations=1,
+        )
+        metrics = metrics / float(num_paths)
+        if self.strategy == "sumnas" or self.fair_reduction == "mean":
+            meta_grads = {p: g / float(num_paths) for p, g in total.items()}
+        else:
+            meta_grads = total
+        rule_state = rules.SGDState(
+            momentum={p: b.read_value() for p, b in self.momentum_buffers.items()})
+        new_params, new_rule_state = self.outer_rule.apply(step, meta_grads, params, rule_state)
+        if self.strategy == "spos":
+            # Untouched candidates keep their weights and momentum, as PyTorch
+            # SGD skips parameters whose gradient is None. (Fair sampling
+            # touches every candidate every step.)
+            touched = sn.touched_mask(self.model, self.paths, archs[0])
+            new_params = {p: tf.where(touched[p], v, params[p]) for p, v in new_params.items()}
+            new_rule_state = rules.SGDState(momentum={
+                p: tf.where(touched[p], v, rule_state.momentum[p])
+                for p, v in new_rule_state.momentum.items()})
+        self.fm.assign_params(new_params)
+        for p, buffer in self.momentum_buffers.items():
+            buffer.assign(new_rule_state.momentum[p])
+        self.fm.assign_state(state)
+        self.step.assign_add(1)
+        return {
+            "loss": metrics[0],
+            "accuracy": metrics[1],
+            "grad_norm": tf.linalg.global_norm(list(meta_grads.values())),
+            "param_norm": tf.linalg.global_norm(list(new_params.values())),
+            "learning_rate": tf.cast(self.learning_rate(step), tf.float32),
+        }
+
+    def train_step(self, images, labels):
+        """One step on a batch; returns scalar metrics (tensors).
+
+        Args:
+          images: float32 [B, H, W, C].
+          labels: int32 [B].
+        """
+        return self._train_step(tf.convert_to_tensor(images, tf.float32),
+                                tf.convert_to_tensor(labels, tf.int32))

@@ -1,0 +1,259 @@
+r"""Supernet training, ranking and evolutionary search (SUMNAS, Ha et al., ICLR 2022).
+
+Stages (``--stages=train,rank,search``, any subset, in this order):
+
+- ``train``: trains a weight-sharing supernet (NAS-Bench-201 or MobileNet
+  space) with SPOS, FairNAS or SUMNAS on supervised batches (Section 3);
+  checkpoints in the workdir, resumes automatically.
+- ``rank``: evaluates sampled sub-models with BN recalibration and reports
+  Kendall tau / Spearman rho against a reference (the NAS-Bench-201 table, or
+  the JSON of ``tools/standalone_reference.py``) into ``rank.json``
+  (Section 5.1, Table 4).
+- ``search``: evolutionary search (Algorithm 2) scored by the supernet under a
+  MACs budget; writes ``search.json``.
+
+  python -m tfmetanas.search --config=configs/nb201/sumnas.py --workdir=/tmp/sumnas
+"""
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfmetanas import errors
+from tfmetanas.experiment import workdir as workdir_lib
+from tfmetanas.meta import sumnas
+from tfmetanas.nas import evolution, flops, mobilenet, nb201, oracle, ranking, supervised_data
+from tfmetanas.nas import supernet as sn
+from tfmetanas.registry import Registry
+
+STAGES = ("train", "rank", "search")
+SPACES = Registry("search space")
+
+
+@SPACES.register("nb201")
+def _nb201(config, num_classes, channels):
+    m = config.model
+    return nb201.build_supernet(num_classes, channels=m.channels,
+                                cells_per_stage=m.cells_per_stage,
+                                image_size=config.data.image_size, in_channels=channels,
+                                selection=m.selection, bn_momentum=m.bn_momentum)
+
+
+@SPACES.register("mobilenet")
+def _mobilenet(config, num_classes, channels):
+    m = config.model
+    return mobilenet.build_supernet(num_classes, width_multiplier=m.width_multiplier,
+                                    image_size=config.data.image_size, in_channels=channels,
+                                    selection=m.selection, bn_momentum=m.bn_momentum)
+
+
+def _check_config(config):
+    t = config.train
+    if t.strategy not in sumnas.STRATEGIES:
+        raise errors.ConfigError(f"train.strategy={t.strategy!r}; valid: {sumnas.STRATEGIES}.")
+    for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every"):
+        if int(t[key]) < (0 if key == "steps" else 1):
+            raise errors.ConfigError(f"train.{key} = {t[key]} must be positive.")
+    if config.model.space not in SPACES:
+        SPACES.get(config.model.space)  # raises with the valid names
+
+
+def _build(config):
+    data = supervised_data.SupervisedArrays(
+        supervised_data.load_class_arrays(config.data, config.train.seed),
+        int(config.data.val_per_class), seed=config.train.seed)
+    model = SPACES.get(config.model.space)(config, data.num_classes, data.image_shape[-1])
+    t = config.train
+    trainer = sumnas.SupernetTrainer(
+        model, t.strategy, learning_rate=t.learning_rate, total_steps=max(int(t.steps), 1),
+        momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed,
+        inner_steps=t.inner_steps, inner_learning_rate=t.inner_learning_rate,
+        inner_momentum=t.inner_momentum, fair_reduction=t.fair_reduction,
+        jit_compile=t.jit_compile)
+    return data, model, trainer
+
+
+def _evaluator(config, data, model):
+    r = config.search.rank
+    return sn.SubmodelEvaluator(
+        model, data.calibration_batches(r.calibration_batches, r.calibration_batch_size),
+        data.val_images, data.val_labels, batch_size=r.eval_batch_size)
+
+
+def train(config, workdir, data, model, trainer):
+    """The ``train`` stage; returns the last metrics (floats)."""
+    t = config.train
+    checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
+    manager = workdir_lib.checkpoint_manager(workdir, checkpoint)
+    if workdir_lib.has_checkpoint(workdir):
+        workdir_lib.restore(workdir, checkpoint)
+    writers = workdir_lib.summary_writers(workdir)
+    evaluator = None
+    metrics, start = {}, time.time()
+    step = int(trainer.step.numpy())
+    while step < int(t.steps):
+        images, labels = data.batch(step, int(t.batch_size))
+        metrics = {k: float(v) for k, v in trainer.train_step(images, labels).items()}
+        if not np.isfinite(metrics["loss"]):
+            # Stop before anything is written: the last checkpoint stays good.
+            raise errors.NonFiniteLossError(
+                f"Non-finite supernet loss {metrics['loss']} at step {step} ({t.strategy}); lower "
+                f"train.learning_rate (now {t.learning_rate}) or train.inner_learning_rate.")
+        step += 1
+        if step % int(t.log_every) == 0 or step == int(t.steps):
+            with writers["train"].as_default(step=step):
+                for key, value in metrics.items():
+                    tf.summary.scalar(f"train/{key}", value)
+                tf.summary.scalar("train/steps_per_second", step / max(time.time() - start, 1e-9))
+        if step % int(t.eval_every) == 0 or step == int(t.steps):
+            evaluator = evaluator or _evaluator(config, data, model)
+            archs = sn.sample_archs(int(config.search.rank.eval_archs_during_training),
+                                    model.num_layers, model.num_choices, seed=t.seed)
+            acc = np.mean([r["accuracy"] for r in evaluator.evaluate_many(archs)])
+            with writers["eval"].as_default(step=step):
+                tf.summary.scalar("eval/submodel_accuracy", acc)
+        if step % int(t.checkpoint_every) == 0 or step == int(t.steps):
+            manager.save(checkpoint_number=step)
+    for w in writers.values():
+        w.flush()
+    return metrics
+
+
+def _restore_trained(workdir, trainer):
+    checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
+    workdir_lib.restore(workdir, checkpoint)
+
+
+def _reference(config, archs):
+    """Reference accuracies of `archs` (NB201 oracle or a standalone JSON), or None."""
+    ref = config.search.rank.reference
+    if ref == "none":
+        return None
+    if ref == "oracle":
+        if config.model.space != "nb201":
+            raise errors.ConfigError("search.rank.reference='oracle' needs model.space='nb201'.")
+        table = oracle.NB201Oracle(config.search.oracle_path or None)
+        return [table.accuracy_of(tuple(a), config.search.oracle_dataset) for a in archs]
+    import json
+
+    with open(ref) as f:
+        entries = {tuple(e["arch"]): e["accuracy_mean"] for e in json.load(f)["archs"]}
+    missing = [tuple(a) for a in archs if tuple(a) not in entries]
+    if missing:
+        raise errors.DataError(f"{ref} has no accuracy for {len(missing)} archs, e.g. {missing[0]}.")
+    return [entries[tuple(a)] for a in archs]
+
+
+def rank(config, workdir, data, model):
+    """The ``rank`` stage: supernet accuracy vs reference, written to rank.json."""
+    r = config.search.rank
+    if r.reference not in ("oracle", "none") and os.path.exists(r.reference):
+        import json
+
+        with open(r.reference) as f:
+            archs = np.asarray([e["arch"] for e in json.load(f)["archs"]], np.int32)
+    else:
+        archs = sn.sample_archs(int(r.num_archs), model.num_layers, model.num_choices,
+                                seed=int(r.seed))
+    results = _evaluator(config, data, model).evaluate_many(archs)
+    predicted = [x["accuracy"] for x in results]
+    out = {"archs": [{"arch": [int(v) for v in a], **res} for a, res in zip(archs, results)]}
+    reference = _reference(config, archs)
+    if reference is not None:
+        for entry, value in zip(out["archs"], reference):
+            entry["reference_accuracy"] = value
+        out.update(ranking.correlations(predicted, reference))
+    workdir_lib.write_json_atomic(os.path.join(workdir, "rank.json"), out)
+    return out
+
+
+def search_stage(config, workdir, data, model):
+    """The ``search`` stage: evolution scored by the supernet, written to search.json."""
+    s = config.search
+    evaluator = _evaluator(config, data, model)
+    size = int(config.data.image_size)
+    constraint = None
+    if s.max_macs is not None:
+        constraint = lambda a: flops.cost_of(model, a, size).macs <= s.max_macs  # noqa: E731
+
+    def score(arch):
+        return evaluator.evaluate(arch)["accuracy"]
+
+    kwargs = dict(constraint=constraint, seed=int(s.seed))
+    if s.method == "evolution":
+        result = evolution.evolutionary_search(
+            score, model.num_layers, model.num_choices, generations=int(s.generations),
+            population=int(s.population), offspring=int(s.offspring),
+            mutation_prob=float(s.mutation_prob), max_queries=s.max_queries, **kwargs)
+    elif s.method == "random":
+        result = evolution.random_search(score, model.num_layers, model.num_choices,
+                                         num_samples=int(s.max_queries or 100), **kwargs)
+    else:
+        raise errors.ConfigError(f"search.method={s.method!r}; valid: 'evolution', 'random'.")
+    out = result.to_dict()
+    cost = flops.cost_of(model, result.best_arch, size)
+    out.update(best_macs=cost.macs, best_params=cost.params)
+    if config.model.space == "nb201":
+        out["best_arch_string"] = nb201.arch_to_string(result.best_arch)
+        try:
+            table = oracle.NB201Oracle(s.oracle_path or None)
+            out["best_oracle_accuracy"] = table.accuracy_of(result.best_arch, s.oracle_dataset)
+        except errors.DataError:
+            pass  # no benchmark table here: the oracle number is optional
+    workdir_lib.write_json_atomic(os.path.join(workdir, "search.json"), out)
+    return out
+
+
+def search(config, workdir, stages=STAGES):
+    """Runs the requested stages in `workdir`; returns ``{stage: result}``.
+
+    Args:
+      config: an `ml_collections.ConfigDict` (see configs/nb201/*.py).
+      workdir: run directory (config.json, checkpoints/, train/, eval/, *.json).
+      stages: iterable of "train", "rank", "search".
+
+    References: Ha et al., ICLR 2022, Algorithms 1 and 2.
+    """
+    stages = [stages] if isinstance(stages, str) else list(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise errors.ConfigError(f"Unknown stages {unknown}; valid: {list(STAGES)}.")
+    _check_config(config)
+    workdir_lib.prepare_workdir(workdir, config)
+    data, model, trainer = _build(config)
+    results = {}
+    if "train" in stages:
+        results["train"] = train(config, workdir, data, model, trainer)
+    elif stages:
+        _restore_trained(workdir, trainer)
+    if "rank" in stages:
+        results["rank"] = rank(config, workdir, data, model)
+    if "search" in stages:
+        results["search"] = search_stage(config, workdir, data, model)
+    return results
+
+
+def main(argv):
+    del argv
+    search(_FLAGS.config, _FLAGS.workdir, [s for s in _FLAGS.stages.split(",") if s])
+
+
+def run():
+    global _FLAGS
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run directory.")
+    flags.DEFINE_string("stages", ",".join(STAGES), "Comma-separated stages: train,rank,search.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    _FLAGS = flags.FLAGS
+    app.run(main)
+
+
+_FLAGS = None
+
+if __name__ == "__main__":
+    run()
