@@ -64,7 +64,9 @@ def test_train_then_evaluate_writes_results(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
-    tf.config.experimental.enable_op_determinism()
+    # Not tf.config.experimental.enable_op_determinism(): it is process-wide and
+    # makes XLA refuse max-pool gradients in later tests; CPU kernels agree to
+    # float32 round-off run to run, which the tolerance below allows.
     overrides = {"meta.algorithm": algorithm}
     if algorithm == "reptile":
         overrides.update({"inner.rule": "adam", "inner.lr": 1e-3})
@@ -80,7 +82,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
     fresh = trainer.Experiment(tiny_config(steps=4, **overrides)).model.variables
     assert any(not np.array_equal(a[v.path], v.numpy()) for v in fresh)
     for path in a:
-        np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+        np.testing.assert_allclose(a[path], b[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
@@ -133,7 +135,7 @@ def test_cli_train_and_evaluate(tmp_path):
     flags = [
         "--config=configs/quickstart.py", f"--workdir={workdir}",
         "--config.train.steps=2", "--config.model.filters=4", "--config.data.image_size=14",
-        "--config.meta.meta_batch_size=2", "--config.eval.num_val_tasks=2",
+        "--config.meta.meta_batch_size=2", "--config.eval.num_val_tasks=2", "--config.model.num_blocks=2",
         "--config.train.progress=False",
     ]
     run = _cli("tfmetanas.train", *flags)

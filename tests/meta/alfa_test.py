@@ -14,9 +14,13 @@ from tfmetanas.models import zoo
 
 @pytest.fixture(autouse=True)
 def float64():
+    # The dtype policy too: Keras fixes the global policy from floatx at the
+    # first layer it builds in the process, so floatx alone is not enough.
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def applied_gradient(meta, tasks, second_order=True, iteration=0):

@@ -13,9 +13,13 @@ from tfmetanas.meta import algorithms, inner, learners, mamlpp, rules
 
 @pytest.fixture(autouse=True)
 def float64():
+    # The dtype policy too: Keras fixes the global policy from floatx at the
+    # first layer it builds in the process, so floatx alone is not enough.
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,13 @@ def test_default_channels():
 
 @pytest.fixture
 def float64():
+    # The dtype policy too: Keras fixes the global policy from floatx at the
+    # first layer it builds in the process, so floatx alone is not enough.
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def test_second_order_meta_gradient_matches_finite_differences(float64):
