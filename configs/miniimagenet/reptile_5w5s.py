@@ -24,6 +24,7 @@ def get_config():
     config.inner.rule = "adam"
     config.inner.lr, config.inner.adam_beta1 = 1e-3, 0.0
     config.inner.steps, config.inner.eval_steps = 8, 50
+    config.inner.batch_size = 10  # paper: inner mini-batches of 10
     config.meta.algorithm = "reptile"
     config.meta.step_sizes = {"weights": 1.0}
     config.meta.schedule = "linear"

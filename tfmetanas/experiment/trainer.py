@@ -222,12 +222,14 @@ def train(config, workdir):
             _scalars(writers["train"], done, values)
             rate = (done - last_log_step) / max(time.time() - last_log, 1e-9)
             eta = (steps - done) / max(rate, 1e-9)
+            line = (
+                f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
+                f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}"
+            )
             if config.train.get("progress", True):
-                print(
-                    f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
-                    f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}",
-                    flush=True,
-                )
+                print(line, flush=True)
+            else:
+                logging.info("%s", line)
             last_log, last_log_step = time.time(), done
         if eval_every and done % eval_every == 0:
             last_summary = validate_and_checkpoint(done)

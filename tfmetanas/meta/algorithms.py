@@ -190,6 +190,8 @@ def build_task_learner(config, fmodel, kind, forward_kwargs=inner.default_forwar
         kind=kind,
         bn_mode=_get(inner_config, "bn_mode", "transductive"),
         forward_kwargs=forward_kwargs,
+        batch_size=int(_get(inner_config, "batch_size", 0)),
+        batch_seed=int(_get(_get(config, "train", None), "seed", 0)),
     )
 
 

@@ -18,6 +18,7 @@ References: MAML, Finn et al., arXiv:1703.03400 (Algorithm 2).
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tfmetanas import errors
@@ -80,6 +81,11 @@ class TaskLearner:
         the running statistics, per step with BNRS).
       forward_kwargs: ``(step, num_steps) -> dict`` of extra model-call
         arguments (inner step for per-step BN, temperature for DARTS).
+      batch_size: support examples per inner step (0: the whole support set).
+        Smaller than the support set, the steps cycle through it in fixed
+        shuffled mini-batches, each example once per epoch (Reptile's inner
+        loop: 5 steps of 10 over 10-shot 5-way training tasks).
+      batch_seed: seed of that fixed shuffle.
     """
 
     def __init__(
@@ -90,7 +96,11 @@ class TaskLearner:
         kind="classification",
         bn_mode="transductive",
         forward_kwargs=default_forward_kwargs,
+        batch_size=0,
+        batch_seed=0,
     ):
+        if int(batch_size) < 0:
+            raise errors.ConfigError(f"inner.batch_size must be >= 0, got {batch_size}.")
         if kind not in KINDS:
             raise errors.ConfigError(f"Unknown task kind {kind!r}; valid: {KINDS}.")
         if bn_mode not in BN_MODES:
@@ -101,6 +111,25 @@ class TaskLearner:
         self.kind = kind
         self.bn_mode = bn_mode
         self.forward_kwargs = forward_kwargs
+        self.batch_size = int(batch_size)
+        self.batch_seed = int(batch_seed)
+
+    def batch_indices(self, support_size, num_steps):
+        """[num_steps, batch_size] support indices of each inner step, or None.
+
+        None when every step sees the whole support set. Otherwise epochs of
+        fixed random permutations of the support set, cut into consecutive
+        mini-batches (an epoch's leftover joins the next epoch, as in Reptile's
+        code); the permutations are fixed by `batch_seed`, which with the
+        random label order of every task gives class-mixed batches.
+        """
+        if not self.batch_size or self.batch_size >= support_size:
+            return None
+        rng = np.random.default_rng(self.batch_seed)
+        needed = num_steps * self.batch_size
+        epochs = -(-needed // support_size)
+        order = np.concatenate([rng.permutation(support_size) for _ in range(epochs)])
+        return tf.constant(order[:needed].reshape(num_steps, self.batch_size), tf.int32)
 
     @property
     def variables(self):
@@ -122,14 +151,16 @@ class TaskLearner:
         loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
         return outputs, loss, metric
 
-    def _step(self, step, num_steps, params, state, rule_states, task, second_order, groups):
+    def _step(self, step, num_steps, params, state, rule_states, task, second_order, groups,
+              batches=None):
         """One inner step: support loss, gradient, per-group rule update."""
+        x, y = task["support_x"], task["support_y"]
+        if batches is not None:
+            x, y = tf.gather(x, batches[step]), tf.gather(y, batches[step])
         with tf.GradientTape() as tape:
             tape.watch(list(params.values()))
-            outputs, new_state = self.forward(
-                params, state, task["support_x"], step, num_steps, training=True
-            )
-            loss, _ = loss_and_metric(self.kind, outputs, task["support_y"])
+            outputs, new_state = self.forward(params, state, x, step, num_steps, training=True)
+            loss, _ = loss_and_metric(self.kind, outputs, y)
         grads = tape.gradient(loss, params)
         if not second_order:
             grads = {p: tf.stop_gradient(g) for p, g in grads.items()}
@@ -194,11 +225,13 @@ class TaskLearner:
                 )
             return self._adapt_while(task, params, state, rule_states, num_steps, groups)
 
+        batches = self.batch_indices(task["support_x"].shape[0], num_steps)
+
         support_losses, query_losses, query_metrics = [], [], []
         outputs = None
         for step in range(num_steps):
             params, state, rule_states, support_loss = self._step(
-                step, num_steps, params, state, rule_states, task, second_order, groups
+                step, num_steps, params, state, rule_states, task, second_order, groups, batches
             )
             support_losses.append(support_loss)
             if track_all_steps or step == num_steps - 1:
@@ -218,9 +251,11 @@ class TaskLearner:
         )
 
     def _adapt_while(self, task, params, state, rule_states, num_steps, groups):
+        batches = self.batch_indices(task["support_x"].shape[0], num_steps)
+
         def body(step, params, state, rule_states, support_losses):
             params, state, rule_states, loss = self._step(
-                step, num_steps, params, state, rule_states, task, False, groups
+                step, num_steps, params, state, rule_states, task, False, groups, batches
             )
             return step + 1, params, state, rule_states, support_losses.write(step, loss)
 
