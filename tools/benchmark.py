@@ -46,11 +46,14 @@ def measure(config, jit):
     batch = int(config.meta.meta_batch_size)
     tasks = next(iter(exp.sources["train"].dataset(0, batch)))
     algorithm = exp.algorithm
-    second_order = algorithm.second_order(10**9)
+    # The steady-state step: the options of the last iteration (second order
+    # after MAML++'s DA, architecture adapted after METANAS' warm-up).
+    options = algorithm.step_options(max(int(config.train.steps) - 1, 0))
+    second_order = options["second_order"]
 
     @tf.function(jit_compile=jit)
     def step(tasks, iteration):
-        return algorithm.meta_learner.replica_step(tasks, iteration, second_order=second_order)
+        return algorithm.meta_learner.replica_step(tasks, iteration, **options)
 
     t = time.perf_counter()
     float(step(tasks, tf.constant(0, tf.int64))["meta/loss"])

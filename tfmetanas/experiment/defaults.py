@@ -38,6 +38,21 @@ def base_config():
     config.model.bn.per_step_affine = False  # MAML++ BNWB
     config.model.bn.affine_group = "meta"  # gamma/beta: meta (outer only) | weights (adapted)
     config.model.bn.momentum = 0.9
+    config.model.darts = ml_collections.ConfigDict()  # METANAS search network (name "darts")
+    config.model.darts.channels = 28  # C of every cell node (paper, Omniglot: 28)
+    config.model.darts.num_cells = 4
+    config.model.darts.reduction_cells = (1, 3)  # paper: cells 2 and 4 reduce
+    config.model.darts.num_nodes = 3
+    config.model.darts.k = 2  # input subset size of ops_and_inputs
+    config.model.darts.primitives = (
+        "max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_1x5_5x1",
+        "conv_3x3", "sep_conv_3x3", "dil_conv_3x3",
+    )
+    config.model.darts.sparsify = "ops_and_inputs"  # none | ops | ops_and_inputs
+    config.model.darts.prune_threshold = 0.01  # soft pruning in the forward pass (0: off)
+    config.model.darts.hard_threshold = 0.01  # hard pruning at the end of task learning
+    config.model.darts.stem_multiplier = 3
+    config.model.darts.reduction_channel_multiplier = 1  # 1: constant channel count
 
     config.inner = ml_collections.ConfigDict()
     config.inner.rule = "sgd"  # sgd | adam | lslr
@@ -68,6 +83,13 @@ def base_config():
     config.meta.msl = False  # MAML++ multi-step loss
     config.meta.msl_epochs = 10  # MSL annealing length (epochs)
     config.meta.iterations_per_epoch = 500  # meta-iterations per MAML++ epoch
+
+    config.metanas = ml_collections.ConfigDict()  # used when model.name == "darts"
+    config.metanas.t_max = 1.0  # softmax temperature at the first step of a task
+    config.metanas.t_min = 0.1  # ... at its last step, in the +50 phase and for pruning
+    config.metanas.warmup_until = -1  # frozen architecture before this iteration (-1: steps / 2)
+    config.metanas.eval_arch_steps = 50  # meta-test: weights + architecture steps
+    config.metanas.eval_weight_steps = 50  # ... then weights-only steps
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 1000  # meta-iterations

@@ -39,6 +39,10 @@ def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", s
     summary.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": path,
                     "step": int(exp.step.numpy()), "bn_mode": config.inner.get("bn_mode", "transductive"),
                     "protocol": "single_checkpoint"})
+    if evaluator.record_lines:  # METANAS: the pruned genotype of every task.
+        workdir_lib.write_jsonl_atomic(
+            os.path.join(workdir, f"genotypes_{split}.jsonl"), evaluator.record_lines
+        )
     workdir_lib.write_json_atomic(os.path.join(workdir, f"eval_{split}.json"), summary)
     return summary
 

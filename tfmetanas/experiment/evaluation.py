@@ -54,34 +54,60 @@ class Evaluator:
 
     def _batch(self, tasks):
         batch = tf.shape(tasks["support_x"])[0]
+        # What `Algorithm.record` keeps per task (METANAS: the adapted architecture).
+        record_spec = self.algorithm.record_spec()
 
-        def body(b, metrics, losses):
+        def body(b, metrics, losses, records):
             task = {k: tf.gather(v, b) for k, v in tasks.items()}
             result = self.algorithm.test_adapt(task)
-            return b + 1, metrics.write(b, result.query_metrics[-1]), losses.write(b, result.query_losses[-1])
+            records = tf.nest.map_structure(
+                lambda ta, t: ta.write(b, t), records, self.algorithm.record(result)
+            )
+            return (b + 1, metrics.write(b, result.query_metrics[-1]),
+                    losses.write(b, result.query_losses[-1]), records)
 
-        _, metrics, losses = tf.while_loop(
+        _, metrics, losses, records = tf.while_loop(
             lambda b, *_: b < batch,
             body,
-            (tf.constant(0), tf.TensorArray(tf.float32, batch), tf.TensorArray(tf.float32, batch)),
+            (
+                tf.constant(0),
+                tf.TensorArray(tf.float32, batch),
+                tf.TensorArray(tf.float32, batch),
+                tf.nest.map_structure(
+                    lambda s: tf.TensorArray(s.dtype, batch, element_shape=s.shape), record_spec
+                ),
+            ),
             parallel_iterations=1,
         )
-        return metrics.stack(), losses.stack()
+        return metrics.stack(), losses.stack(), tf.nest.map_structure(lambda ta: ta.stack(), records)
 
     def run(self, source, num_tasks, batch_size=10):
-        """Evaluates tasks 0..num_tasks-1 of `source`; returns (summary, per-task metrics)."""
+        """Evaluates tasks 0..num_tasks-1 of `source`; returns (summary, per-task metrics).
+
+        What the algorithm records per task (`Algorithm.record`) is left in
+        `self.records` (``{name: array [num_tasks, ...]}``), and the entries
+        of `Algorithm.summarize_records` join the summary; its per-task lines
+        are left in `self.record_lines`.
+        """
         start = time.time()
-        per_task, losses = [], []
+        per_task, losses, records = [], [], []
         for tasks in source.eval_dataset(num_tasks, batch_size):
-            metric, loss = self._fn(tasks)
+            metric, loss, record = self._fn(tasks)
             per_task.append(metric.numpy())
             losses.append(loss.numpy())
+            records.append(tf.nest.map_structure(lambda t: t.numpy(), record))
         per_task = np.concatenate(per_task)[:num_tasks]
         losses = np.concatenate(losses)[:num_tasks]
+        self.records = {
+            k: np.concatenate([r[k] for r in records])[:num_tasks] for k in (records[0] if records else {})
+        }
+        extra, self.record_lines = (
+            self.algorithm.summarize_records(self.records) if self.records else ({}, [])
+        )
         summary = summarize(
             self.kind,
             per_task,
             self.algorithm.eval_steps,
-            {"loss_mean": float(losses.mean()), "seconds": round(time.time() - start, 2)},
+            {"loss_mean": float(losses.mean()), "seconds": round(time.time() - start, 2), **extra},
         )
         return summary, per_task

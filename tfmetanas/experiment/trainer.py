@@ -157,15 +157,16 @@ def train(config, workdir):
     )
     iterator = iter(dataset)
 
-    # The meta-step: one tf.function per derivative order (MAML++'s DA
-    # switches between them); each traces once.
+    # The meta-step: one tf.function per distinct `Algorithm.step_options`
+    # (derivative order for MAML++'s DA, adapted groups for METANAS'
+    # warm-up); each traces once.
     jit = bool(config.train.get("jit_compile", False))
     check_xla(config, jit)
     algorithm = exp.algorithm
 
-    def make_step(second_order):
+    def make_step(options):
         def replica(tasks, iteration):
-            return algorithm.meta_learner.replica_step(tasks, iteration, second_order=second_order)
+            return algorithm.meta_learner.replica_step(tasks, iteration, **dict(options))
 
         def step_fn(tasks, iteration):
             per_replica = exp.strategy.run(replica, args=(tasks, iteration))
@@ -199,10 +200,10 @@ def train(config, workdir):
     elapsed0 = float(exp.train_seconds.numpy())
     t0, last_log, last_log_step = time.time(), time.time(), start
     for step in range(start, steps):
-        second_order = algorithm.second_order(step)
-        if second_order not in step_fns:
-            step_fns[second_order] = make_step(second_order)
-        metrics = step_fns[second_order](next(iterator), tf.constant(step, tf.int64))
+        options = tuple(sorted(algorithm.step_options(step).items()))
+        if options not in step_fns:
+            step_fns[options] = make_step(options)
+        metrics = step_fns[options](next(iterator), tf.constant(step, tf.int64))
         loss = float(metrics["meta/loss"])
         if not math.isfinite(loss):
             raise errors.NonFiniteLossError(

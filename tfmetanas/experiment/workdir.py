@@ -23,20 +23,38 @@ RESUMABLE_KEYS = ("train.steps", "inner.lr", "meta.lr", "train.eval_every", "tra
                   "train.time_limit_minutes")
 
 
-def write_json_atomic(path, obj):
-    """Writes JSON to `path` through a temporary file and a rename."""
+def _write_atomic(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json_atomic(path, obj):
+    """Writes JSON to `path` through a temporary file and a rename."""
+
+    def write(f):
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+
+    _write_atomic(path, write)
+
+
+def write_jsonl_atomic(path, lines):
+    """Writes one JSON object per line to `path`, atomically."""
+
+    def write(f):
+        for line in lines:
+            f.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+
+    _write_atomic(path, write)
 
 
 def _flatten(d, prefix=""):

@@ -140,6 +140,28 @@ class Algorithm:
         """Derivative order at `iteration` (MAML++ "DA": first order until a given iteration)."""
         return self._second_order and iteration >= self.first_order_until
 
+    def step_options(self, iteration):
+        """Keyword arguments of the meta-step at `iteration`.
+
+        The trainer traces one step function per distinct value (MAML++'s DA
+        switches `second_order`; METANAS' warm-up switches `adapt_groups`).
+        """
+        return {"second_order": self.second_order(iteration)}
+
+    def record(self, result):
+        """Per-task tensors the evaluator keeps besides the metric (none here)."""
+        del result
+        return {}
+
+    def record_spec(self):
+        """`tf.TensorSpec`s of what `record` returns."""
+        return {}
+
+    def summarize_records(self, records):
+        """Extra summary entries and per-task JSON lines from `record` outputs."""
+        del records
+        return {}, []
+
     def test_adapt(self, task):
         """Meta-test adaptation of one task (first order, `eval_steps` steps)."""
         return self.learner.adapt(task, num_steps=self.eval_steps, use_while_loop=True)
@@ -177,12 +199,30 @@ class Algorithm:
         return out
 
 
+def group_rule_config(inner_config, group):
+    """The inner-rule settings of one group: ``inner`` overridden by ``inner.<group>``.
+
+    E.g. METANAS adapts the architecture with its own Adam lr and weight decay:
+    ``config.inner.arch = {"lr": 5e-4, "weight_decay": 1e-3}``.
+    """
+    merged = {k: inner_config[k] for k in inner_config.keys()} if hasattr(inner_config, "keys") \
+        else dict(vars(inner_config))
+    override = merged.pop(group, None) if group in params_lib.GROUPS else None
+    for other in params_lib.GROUPS:
+        merged.pop(other, None)
+    if override:
+        merged.update({k: override[k] for k in override.keys()})
+    return merged
+
+
 def build_task_learner(config, fmodel, kind, forward_kwargs=inner.default_forward_kwargs):
     inner_config = config.inner
-    rule_name = _get(inner_config, "rule", "sgd")
     groups = tuple(_get(inner_config, "groups", ("weights",)))
-    rule_builder = INNER_RULES.get(rule_name)
-    rules_by_group = {g: rule_builder(inner_config, fmodel, g) for g in groups}
+    rules_by_group = {}
+    for g in groups:
+        group_config = group_rule_config(inner_config, g)
+        rule_builder = INNER_RULES.get(_get(group_config, "rule", "sgd"))
+        rules_by_group[g] = rule_builder(group_config, fmodel, g)
     return inner.TaskLearner(
         fmodel,
         rules_by_group,
@@ -233,7 +273,11 @@ def _none(config, learner, total_steps):
 
 
 def build_algorithm(config, fmodel, kind):
-    """The `Algorithm` a training config describes."""
+    """The `Algorithm` a training config describes (METANAS for search networks)."""
+    from tfmetanas.meta import metanas  # metanas builds on this module.
+
+    if metanas.is_search_network(fmodel.model):
+        return metanas.build_algorithm(config, fmodel, kind)
     learner = build_task_learner(config, fmodel, kind)
     meta = config.meta
     meta_learner = ALGORITHMS.get(_get(meta, "algorithm", "maml"))(

@@ -59,8 +59,24 @@ class MetaLearner:
     def optimizers(self):
         return {}
 
-    def replica_step(self, tasks, iteration, second_order=False):
+    def replica_step(self, tasks, iteration, second_order=False, adapt_groups=None):
+        """One meta-step on this replica's tasks.
+
+        Args:
+          tasks: batched task dict.
+          iteration: the meta-iteration (scalar tensor).
+          second_order: exact second-order meta-gradients (MAML family).
+          adapt_groups: the groups the task learner adapts at this iteration
+            (default: all of its rules' groups). A group the learner could
+            adapt but does not (METANAS' architecture during warm-up) is
+            frozen: neither adapted nor meta-updated.
+        """
         raise NotImplementedError  # abstract interface
+
+    def _frozen_groups(self, adapt_groups):
+        if adapt_groups is None:
+            return frozenset()
+        return frozenset(self.learner.rules) - frozenset(adapt_groups)
 
     def _state_mean_update(self, state_sum, num_tasks):
         """Assigns the mean over tasks of the BN state after adaptation."""
@@ -108,8 +124,11 @@ class MAML(MetaLearner):
             return result.query_losses[-1]
         return tf.reduce_sum(weights * result.query_losses)
 
-    def replica_step(self, tasks, iteration, second_order=False):
+    def replica_step(self, tasks, iteration, second_order=False, adapt_groups=None):
         variables = self.variables
+        frozen = self._frozen_groups(adapt_groups)
+        fm = self.learner.fmodel
+        is_frozen = [fm.group_of.get(v.path) in frozen for v in variables]
         batch = tasks["support_x"].shape[0]
         k = self.learner.inner_steps
         weights = None if self.step_weights is None else self.step_weights(iteration)
@@ -121,10 +140,12 @@ class MAML(MetaLearner):
             task = _task(tasks, b)
             with tf.GradientTape() as tape:
                 result = self.learner.adapt(
-                    task, second_order=second_order, track_all_steps=track_all
+                    task, second_order=second_order, track_all_steps=track_all,
+                    groups=adapt_groups,
                 )
                 loss = self.task_loss(result, weights)
             grads = tape.gradient(loss, variables)
+            grads = [None if f else g for g, f in zip(grads, is_frozen)]
             grad_sum = [a + _dense(g, v) for a, g, v in zip(grad_sum, grads, variables)]
             state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
             return (
@@ -136,7 +157,6 @@ class MAML(MetaLearner):
                 qm_sum + result.query_metrics,
             )
 
-        fm = self.learner.fmodel
         init = (
             tf.constant(0),
             _zeros_like_vars(variables),
@@ -196,7 +216,7 @@ class Reptile(MetaLearner):
     def optimizers(self):
         return {f"optimizer_{g}": o for g, o in self.group_optimizers.items()}
 
-    def replica_step(self, tasks, iteration, second_order=False):
+    def replica_step(self, tasks, iteration, second_order=False, adapt_groups=None):
         del iteration
         if second_order:
             raise errors.ConfigError("Reptile is first order: set meta.second_order=False.")
@@ -206,7 +226,9 @@ class Reptile(MetaLearner):
         dtype = tasks["support_x"].dtype
 
         def body(b, param_sum, state_sum, ql_sum, qm_sum):
-            result = self.learner.adapt(_task(tasks, b), params=meta_params, track_all_steps=False)
+            result = self.learner.adapt(
+                _task(tasks, b), params=meta_params, track_all_steps=False, groups=adapt_groups
+            )
             param_sum = {p: param_sum[p] + result.params[p] for p in param_sum}
             state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
             return b + 1, param_sum, state_sum, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
@@ -247,12 +269,12 @@ class NoMetaLearning(MetaLearner):
     def variables(self):
         return []
 
-    def replica_step(self, tasks, iteration, second_order=False):
+    def replica_step(self, tasks, iteration, second_order=False, adapt_groups=None):
         del iteration, second_order
         batch = tasks["support_x"].shape[0]
 
         def body(b, ql_sum, qm_sum):
-            result = self.learner.adapt(_task(tasks, b), track_all_steps=False)
+            result = self.learner.adapt(_task(tasks, b), track_all_steps=False, groups=adapt_groups)
             return b + 1, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
 
         _, ql_sum, qm_sum = tf.while_loop(

@@ -9,6 +9,8 @@ import keras
 
 from tfmetanas import registry
 from tfmetanas.models import backbones
+from tfmetanas.nas import darts
+from tfmetanas.nas import ops as nas_ops
 
 BACKBONES = registry.Registry("backbone")
 
@@ -46,6 +48,27 @@ def _resnet12(config, input_shape, output_dim):
 def _mlp(config, input_shape, output_dim):
     del input_shape
     return backbones.MLP(output_dim, hidden=tuple(_get(config, "hidden", (40, 40))))
+
+
+@BACKBONES.register("darts")
+def _darts(config, input_shape, output_dim):
+    """The METANAS search network; its options live in ``model.darts``."""
+    del input_shape
+    d = _get(config, "darts", None) or {}
+    return darts.SearchNetwork(
+        output_dim,
+        channels=int(_get(d, "channels", 28)),
+        num_cells=int(_get(d, "num_cells", 4)),
+        reduction_cells=tuple(_get(d, "reduction_cells", (1, 3))),
+        num_nodes=int(_get(d, "num_nodes", 3)),
+        k=int(_get(d, "k", 2)),
+        primitives=tuple(_get(d, "primitives", nas_ops.FEW_SHOT_PRIMITIVES)),
+        sparsify=_get(d, "sparsify", "ops_and_inputs"),
+        prune_threshold=float(_get(d, "prune_threshold", 0.01)),
+        hard_threshold=float(_get(d, "hard_threshold", 0.01)),
+        stem_multiplier=int(_get(d, "stem_multiplier", 3)),
+        reduction_channel_multiplier=int(_get(d, "reduction_channel_multiplier", 1)),
+    )
 
 
 def build_model(config, input_shape, output_dim, seed=None):

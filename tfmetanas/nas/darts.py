@@ -219,6 +219,7 @@ class SearchCell(keras.layers.Layer):
         subset_weights,
         threshold=None,
         training=False,
+        edge_masks=None,
     ):
         """Runs the cell.
 
@@ -229,6 +230,9 @@ class SearchCell(keras.layers.Layer):
             `use_subsets`).
           threshold: soft-pruning threshold, or None to compute everything.
           training: BN mode.
+          edge_masks: hard pruning of the ``none``/``ops`` strategies: per
+            node a boolean ``(j + 2,)`` mask of the kept inputs (each kept
+            edge enters with coefficient 1, dropped ones are not computed).
 
         Returns:
           The concatenation of the intermediate nodes.
@@ -250,6 +254,9 @@ class SearchCell(keras.layers.Layer):
                 # Node = sum_s b_s * sum_{i in s} edge_i = sum_i c_i * edge_i.
                 coef = tf.linalg.matvec(membership, b * kept)
                 gate = tf.linalg.matvec(membership, kept) > 0
+            elif edge_masks is not None:
+                gate = edge_masks[j]
+                coef = tf.cast(gate, op_weights.dtype)
             else:
                 coef, gate = None, None
             node = None
@@ -373,9 +380,15 @@ class SearchNetwork(_CellNetwork):
       stem_multiplier: stem channels = ``stem_multiplier * channels`` (DARTS 3).
       reduction_channel_multiplier: channel growth at reduction cells. 1 keeps C
         constant; DARTS and the METANAS reference code use 2.
+      hard_threshold: the hard-pruning threshold at the end of task learning
+        (the paper: 0.01); ops and subsets below it are removed.
 
-    Call: ``model(x, training=False, temperature=1.0)`` -> logits, with `x`
-    NHWC float images; `temperature` a python float or scalar tensor.
+    Call: ``model(x, training=False, temperature=1.0, hard_prune=False)`` ->
+    logits, with `x` NHWC float images; `temperature` a python float or scalar
+    tensor. ``hard_prune=True`` computes the hard-pruned network of the current
+    architecture in-graph: exactly what `discrete_from_search` builds at that
+    temperature and `hard_threshold` (the kept ops with their unrenormalised
+    weights), so meta-test scores the pruned network without building it.
 
     References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3 and 4.1;
       Liu et al., DARTS, arXiv:1806.09055.
@@ -394,6 +407,7 @@ class SearchNetwork(_CellNetwork):
         prune_threshold=0.01,
         stem_multiplier=3,
         reduction_channel_multiplier=1,
+        hard_threshold=0.01,
         name="search_network",
         **kwargs,
     ):
@@ -419,6 +433,7 @@ class SearchNetwork(_CellNetwork):
         self.primitives = tuple(primitives)
         self.sparsify = sparsify
         self.prune_threshold = float(prune_threshold)
+        self.hard_threshold = float(hard_threshold)
         use_subsets = sparsify == "ops_and_inputs"
         self.cells = [
             SearchCell(
@@ -499,17 +514,37 @@ class SearchNetwork(_CellNetwork):
 
     # -- forward ---------------------------------------------------------------
 
-    def call(self, x, training=False, temperature=1.0):
-        return self._forward(x, training=training, temperature=temperature)
+    def call(self, x, training=False, temperature=1.0, hard_prune=False):
+        return self._forward(x, training=training, temperature=temperature, hard_prune=hard_prune)
 
-    def _forward(self, x, training, temperature, build_pass=False):
+    def _top2_input_masks(self, weights):
+        """DARTS input selection: per node the two inputs whose strongest
+        non-``none`` op weighs most (ties to the lower index, as `derive_genotype`)."""
+        real = [o for o, name in enumerate(self.primitives) if name != "none"]
+        masks, e = [], 0
+        for j in range(self.num_nodes):
+            n_in = j + 2
+            strength = tf.reduce_max(tf.gather(weights[e : e + n_in], real, axis=1), axis=1)
+            top = tf.math.top_k(strength, min(2, n_in)).indices
+            masks.append(tf.reduce_sum(tf.one_hot(top, n_in), axis=0) > 0)
+            e += n_in
+        return masks
+
+    def _top1_ops(self, weights):
+        """Vanilla DARTS: keep only the top non-``none`` op of every edge."""
+        real = np.array([name != "none" for name in self.primitives])
+        masked = tf.where(real[None], weights, -tf.ones_like(weights))
+        best = tf.one_hot(tf.argmax(masked, axis=1), len(self.primitives), dtype=weights.dtype)
+        return weights * best
+
+    def _forward(self, x, training, temperature, build_pass=False, hard_prune=False):
         if self.sparsify == "none":
             op_tau, threshold = 1.0, None  # Vanilla DARTS: no temperature, no pruning.
         else:
             op_tau = temperature
             threshold = self.prune_threshold if self.prune_threshold > 0 else None
         if build_pass:
-            threshold = None
+            threshold, hard_prune = None, False
         weights = {
             kind: mixing_weights(getattr(self, f"alpha_{kind}").value, op_tau)
             for kind in ("normal", "reduce")
@@ -518,6 +553,19 @@ class SearchNetwork(_CellNetwork):
             kind: [mixing_weights(b.value, temperature) for b in getattr(self, f"beta_{kind}")]
             for kind in ("normal", "reduce")
         }
+        edge_masks = {"normal": None, "reduce": None}
+        if hard_prune:
+            if self.sparsify == "ops_and_inputs":
+                # Soft pruning at the hard threshold *is* the pruned network.
+                threshold = self.hard_threshold
+            else:
+                edge_masks = {k: self._top2_input_masks(w) for k, w in weights.items()}
+                if self.sparsify == "none":
+                    weights = {k: self._top1_ops(w) for k, w in weights.items()}
+                    # Dropped ops have weight exactly 0: skip them, keep the rest.
+                    threshold = np.finfo(np.float32).tiny
+                else:
+                    threshold = self.hard_threshold
         s0 = s1 = self._stem(x, training)
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
@@ -528,9 +576,38 @@ class SearchNetwork(_CellNetwork):
                 subset_weights[kind],
                 threshold=threshold,
                 training=training,
+                edge_masks=edge_masks[kind],
             )
             s0, s1 = s1, out
         return self._head(s1)
+
+    def pruned_param_count(self, genotype):
+        """Trainable parameters of the `DiscreteNetwork` of `genotype`, without building it.
+
+        Everything outside the mixed edges (stem, cell preprocessing, head) is
+        kept whole; each kept op contributes the parameters of that op in the
+        search network.
+        """
+        total = sum(
+            math.prod(v.shape)
+            for layer in (self.stem_conv, self.stem_bn, self.head)
+            for v in layer.trainable_variables
+        )
+        offsets = [sum(j + 2 for j in range(n)) for n in range(self.num_nodes)]
+        for cell in self.cells:
+            total += sum(
+                math.prod(v.shape)
+                for layer in (cell.preproc0, cell.preproc1)
+                for v in layer.trainable_variables
+            )
+            g = genotype.reduce if cell.reduction else genotype.normal
+            for j, node in enumerate(g.nodes):
+                for edge in node.edges:
+                    mixed = cell.edges[offsets[j] + edge.input]
+                    for name, _ in edge.ops:
+                        op = mixed.ops[mixed.primitives.index(name)]
+                        total += sum(math.prod(v.shape) for v in op.trainable_variables)
+        return int(total)
 
 
 # ---------------------------------------------------------------------------

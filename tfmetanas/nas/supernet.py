@@ -81,6 +81,9 @@ class Conv(Module):
         strides = (1, self.stride, self.stride, 1)
         if self.depthwise:
             y = tf.nn.depthwise_conv2d(x, self.kernel, strides, "SAME")
+        elif self.kernel_size == 1 and self.stride > 1:
+            # Exact, and avoids TF 2.21's oneDNN strided-1x1 gradient crash (ops.Conv).
+            y = tf.nn.conv2d(x[:, :: self.stride, :: self.stride, :], self.kernel, 1, "SAME")
         else:
             y = tf.nn.conv2d(x, self.kernel, strides, "SAME")
         if self.bias is not None:
