@@ -50,6 +50,12 @@ def shrink(config):
         # step-indexed rules meaningful at a fraction of the cost.
         config.inner.steps = min(int(config.inner.steps), 2)
         config.inner.eval_steps = min(int(config.inner.eval_steps), 2)
+        if config.model.get("name") == "darts":
+            config.model.darts.channels = 4
+            config.model.darts.num_cells, config.model.darts.reduction_cells = 2, (1,)
+            config.model.darts.num_nodes = 2
+            config.model.darts.prune_threshold = 0.0
+            config.metanas.eval_arch_steps = config.metanas.eval_weight_steps = 2
     return config
 
 
@@ -94,16 +100,18 @@ def test_config_runs_two_meta_steps(relpath):
     meta = algorithm.meta_learner
     before = [v.numpy().copy() for v in meta.variables]
 
-    # Both derivative orders the config uses (MAML++ DA switches between them).
-    iterations = sorted({0, max(algorithm.first_order_until, 1)})
+    # Both derivative orders the config uses (MAML++ DA switches between
+    # them); METANAS: the warm-up step and one with the architecture adapted.
+    last = int(config.train.steps) - 1
+    iterations = sorted({0, max(algorithm.first_order_until, 1), last})
     steps = {}
     for i, iteration in enumerate(iterations + iterations[-1:] * (2 - len(iterations))):
-        order = algorithm.second_order(iteration)
-        if order not in steps:
-            steps[order] = tf.function(
-                lambda t, it, o=order: meta.replica_step(t, it, second_order=o)
+        options = tuple(sorted(algorithm.step_options(iteration).items()))
+        if options not in steps:
+            steps[options] = tf.function(
+                lambda t, it, o=options: meta.replica_step(t, it, **dict(o))
             )
-        metrics = steps[order](random_tasks(config, kind, seed=i), tf.constant(iteration, tf.int64))
+        metrics = steps[options](random_tasks(config, kind, seed=i), tf.constant(iteration, tf.int64))
         assert np.isfinite(float(metrics["meta/loss"])), relpath
     changed = [not np.allclose(v.numpy(), b) for v, b in zip(meta.variables, before)]
     assert any(changed), relpath

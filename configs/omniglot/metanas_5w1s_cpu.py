@@ -1,0 +1,43 @@
+r"""METANAS, Omniglot 5-way 1-shot, in a CPU budget (shows the method working here).
+
+The paper's METANAS (`metanas_20w1s.py`) shrunk to run on 2 CPU cores: 5-way
+tasks, 12 channels, 2 cells (the second reduces), 2 nodes per cell, 3 task
+steps in meta-training, meta-batch 5, meta-test 15+15 steps, 60 minutes of
+wall time; soft pruning off in meta-training (`prune_threshold=0`, no
+`tf.cond` per op), hard pruning at 0.01 at meta-test as in the paper. Same
+inner rules, temperature annealing, Reptile step sizes and warm-up as the
+paper. There is no paper number for this size; docs/results.md has ours.
+
+  tfmetanas-train --config=configs/omniglot/metanas_5w1s_cpu.py --workdir=/tmp/metanas_cpu
+  tfmetanas-evaluate --workdir=/tmp/metanas_cpu --split=test
+"""
+
+from tfmetanas.experiment.defaults import base_config
+
+
+def get_config():
+    config = base_config()
+    config.data.source = "omniglot"
+    config.data.split_scheme = "vinyals"
+    config.data.ways, config.data.shots, config.data.queries = 5, 1, 1
+    config.data.train_shots = 5
+    config.model.name = "darts"
+    config.model.darts.channels = 12
+    config.model.darts.num_cells = 2
+    config.model.darts.reduction_cells = (1,)
+    config.model.darts.num_nodes = 2
+    config.model.darts.prune_threshold = 0.0
+    config.inner.groups = ("weights", "arch")
+    config.inner.rule, config.inner.lr, config.inner.adam_beta1 = "adam", 1e-3, 0.0
+    config.inner.arch = {"rule": "adam", "lr": 5e-4, "weight_decay": 1e-3}
+    config.inner.steps = 3
+    config.meta.algorithm = "reptile"
+    config.meta.step_sizes = {"weights": 1.0, "arch": 0.6}
+    config.meta.schedule = "linear"
+    config.meta.meta_batch_size = 5
+    config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 15, 15
+    config.train.steps = 3000
+    config.train.time_limit_minutes = 60.0
+    config.train.eval_every = 500
+    config.eval.num_val_tasks = 50
+    return config

@@ -1,0 +1,198 @@
+"""METANAS on the engine: pruning in-graph, warm-up, Reptile per group, 50+50, end to end."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.meta import helpers
+from tfmetanas.experiment import evaluate, trainer
+from tfmetanas.experiment.defaults import base_config
+from tfmetanas.meta import inner, learners, metanas, rules
+from tfmetanas.models import params as params_lib
+from tfmetanas.nas import darts
+
+PRIMS = ("max_pool_3x3", "skip_connect", "conv_3x3")
+
+
+def tiny_search(sparsify="ops_and_inputs", prune_threshold=0.01, seed=0):
+    keras.utils.set_random_seed(seed)
+    net = darts.SearchNetwork(3, channels=4, num_cells=2, reduction_cells=(1,), num_nodes=2,
+                              primitives=PRIMS, sparsify=sparsify,
+                              prune_threshold=prune_threshold)
+    net(tf.zeros((2, 8, 8, 1)))
+    return params_lib.FunctionalModel(net)
+
+
+def random_arch(fm, scale=3.0, seed=1):
+    rng = np.random.default_rng(seed)
+    return {v.path: tf.constant(scale * rng.standard_normal(v.shape), tf.float32)
+            for v in fm.variables("arch")}
+
+
+def tiny_metanas(fm, meta="reptile", arch_steps=3, weight_steps=2, warmup_until=0):
+    learner = inner.TaskLearner(
+        fm, {"weights": rules.SGD(0.05), "arch": rules.SGD(0.5)}, 2,
+        forward_kwargs=metanas.TemperatureAnnealing(1.0, 0.1),
+    )
+    fixed = inner.TaskLearner(fm, learner.rules, 2,
+                              forward_kwargs=metanas.ConstantTemperature(0.1))
+    if meta == "reptile":
+        meta_learner = learners.Reptile(learner, {"weights": 1.0, "arch": 0.6})
+    else:
+        meta_learner = learners.MAML(learner, keras.optimizers.SGD(0.1))
+    return metanas.MetaNAS(learner, meta_learner, fixed, arch_steps, weight_steps,
+                           warmup_until=warmup_until, t_min=0.1)
+
+
+def arch_values(fm):
+    return {v.path: v.numpy() for v in fm.variables("arch")}
+
+
+def weight_values(fm):
+    return {v.path: v.numpy() for v in fm.variables("weights")}
+
+
+@pytest.mark.parametrize("sparsify", ["none", "ops", "ops_and_inputs"])
+@pytest.mark.parametrize("training", [False, True])
+def test_in_graph_hard_pruning_equals_the_discrete_network(sparsify, training):
+    # No soft pruning, so the unpruned forward below computes every op.
+    fm = tiny_search(sparsify, prune_threshold=0.0)
+    net = fm.model
+    params = {**fm.params(("weights",)), **random_arch(fm)}
+    images = tf.random.stateless_uniform((4, 8, 8, 1), seed=[3, 4])
+    tau = 0.1
+    pruned, _ = fm(params, fm.state(), images, training=training, temperature=tau,
+                   hard_prune=True)
+    discrete, geno = darts.discrete_from_search(net, params, temperature=tau,
+                                                threshold=net.hard_threshold)
+    n_kept = sum(len(e.ops) for n in geno.normal.nodes + geno.reduce.nodes for e in n.edges)
+    assert n_kept < 2 * len(net.cells[0].edges) * len(PRIMS)  # something was pruned
+    np.testing.assert_allclose(pruned.numpy(), discrete(images, training=training).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    # Pruning changed the function of the full search network (not vacuous)...
+    soft, _ = fm(params, fm.state(), images, training=training, temperature=tau)
+    assert not np.allclose(soft.numpy(), pruned.numpy(), atol=1e-4)
+    # ... and the parameter count needs no network build.
+    assert net.pruned_param_count(geno) == darts.count_params(discrete)
+
+
+def test_temperature_anneals_linearly_per_task():
+    schedule = metanas.TemperatureAnnealing(1.0, 0.1)
+    taus = [float(schedule(s, 4)["temperature"]) for s in range(4)]
+    np.testing.assert_allclose(taus, [1.0, 0.7, 0.4, 0.1], rtol=1e-6)
+    assert float(schedule(0, 50)["temperature"]) == 1.0  # reset for every task
+
+
+def test_one_inner_step_updates_weights_and_arch_from_the_same_point():
+    # Paper Eq. 3: both groups step on the same support batch, with gradients
+    # taken at the same (live) weights and architecture.
+    fm = tiny_search(prune_threshold=0.0)
+    alg = tiny_metanas(fm)
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1).items()}
+    result = alg.learner.adapt(task, num_steps=1)
+    params = fm.params(("weights", "arch"))
+    with tf.GradientTape() as tape:
+        tape.watch(list(params.values()))
+        logits, _ = fm(params, fm.state(), task["support_x"], training=True, temperature=1.0)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=task["support_y"], logits=logits))
+    grads = tape.gradient(loss, params)
+    for path, value in params.items():
+        lr = 0.5 if fm.group_of[path] == "arch" else 0.05
+        np.testing.assert_allclose(result.params[path].numpy(),
+                                   (value - lr * grads[path]).numpy(), rtol=1e-5, atol=1e-6)
+    assert any(float(tf.reduce_max(tf.abs(grads[v.path]))) > 0 for v in fm.variables("arch"))
+
+
+def test_reptile_moves_weights_and_arch_by_their_own_step_sizes():
+    fm = tiny_search(prune_threshold=0.0)
+    alg = tiny_metanas(fm)
+    tasks = helpers.random_tasks(batch=2)
+    theta = fm.params(("weights", "arch"))
+    adapted = [alg.learner.adapt({k: v[b] for k, v in tasks.items()}, params=dict(theta)).params
+               for b in range(2)]
+    alg.meta_learner.replica_step(tasks, tf.constant(0), **alg.step_options(0))
+    for v in fm.variables("weights") + fm.variables("arch"):
+        size = 0.6 if fm.group_of[v.path] == "arch" else 1.0
+        mean = (adapted[0][v.path] + adapted[1][v.path]) / 2
+        expected = theta[v.path] + size * (mean - theta[v.path])
+        np.testing.assert_allclose(v.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("meta", ["reptile", "maml"])
+def test_warmup_freezes_the_architecture(meta):
+    fm = tiny_search(prune_threshold=0.0)
+    alg = tiny_metanas(fm, meta=meta, warmup_until=2)
+    tasks = helpers.random_tasks(batch=2)
+    assert alg.step_options(1) == {"second_order": False, "adapt_groups": ("weights",)}
+    assert alg.step_options(2) == {"second_order": False}
+    arch0, weights0 = arch_values(fm), weight_values(fm)
+    alg.meta_learner.replica_step(tasks, tf.constant(1), **alg.step_options(1))
+    for path, value in arch_values(fm).items():
+        np.testing.assert_array_equal(value, arch0[path], err_msg=path)
+    assert any(not np.allclose(v, weights0[p]) for p, v in weight_values(fm).items())
+    alg.meta_learner.replica_step(tasks, tf.constant(2), **alg.step_options(2))
+    assert any(not np.allclose(v, arch0[p]) for p, v in arch_values(fm).items())
+
+
+def test_meta_test_adapts_arch_then_weights_only():
+    fm = tiny_search()
+    alg = tiny_metanas(fm, arch_steps=3, weight_steps=2)
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1).items()}
+    first = alg.learner.adapt(task, num_steps=3, use_while_loop=True)
+    final = alg.test_adapt(task)
+    for v in fm.variables("arch"):
+        np.testing.assert_allclose(final.params[v.path].numpy(), first.params[v.path].numpy(),
+                                   err_msg=v.path)
+    assert any(not np.allclose(first.params[v.path].numpy(), v.numpy())
+               for v in fm.variables("arch"))
+    assert any(not np.allclose(final.params[v.path].numpy(), first.params[v.path].numpy())
+               for v in fm.variables("weights"))
+    # The last query metric is the pruned network's, the one before the search network's.
+    pruned = alg.pruned_forward(final.params, final.state, task["query_x"])
+    np.testing.assert_allclose(final.query_outputs.numpy(), pruned.numpy(), rtol=1e-6)
+    assert final.query_metrics.shape == (2,)
+
+
+def metanas_config(algorithm="reptile"):
+    c = base_config()
+    c.data.source = "glyphs"
+    c.data.image_size = 14
+    c.data.ways, c.data.shots, c.data.queries = 3, 1, 2
+    c.model.name = "darts"
+    c.model.darts.channels = 4
+    c.model.darts.num_cells = 2
+    c.model.darts.reduction_cells = (1,)
+    c.model.darts.num_nodes = 2
+    c.model.darts.primitives = PRIMS
+    c.model.darts.prune_threshold = 0.0  # no tf.cond per op: traces in seconds
+    c.inner.groups = ("weights", "arch")
+    c.inner.rule, c.inner.lr = "adam", 1e-3
+    c.inner.arch = {"lr": 5e-4, "weight_decay": 1e-3}
+    c.inner.steps = 2
+    c.meta.algorithm = algorithm
+    c.meta.step_sizes = {"weights": 1.0, "arch": 0.6}
+    c.meta.meta_batch_size = 2
+    c.metanas.eval_arch_steps, c.metanas.eval_weight_steps = 3, 2
+    c.train.steps, c.train.eval_every, c.train.progress = 2, 0, False
+    c.eval.num_tasks, c.eval.num_val_tasks, c.eval.batch_size = 3, 2, 2
+    return c
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "maml"])
+def test_train_and_evaluate_write_pruned_genotypes(tmp_path, algorithm):
+    workdir = str(tmp_path / "run")
+    trainer.train(metanas_config(algorithm), workdir)  # warm-up step 0, arch adapted at 1
+    result = evaluate.evaluate_workdir(workdir, split="test")
+    assert result["inner_steps"] == 5
+    assert 0 < result["pruned_params_min"] <= result["pruned_params_mean"]
+    assert result["pruned_params_max"] <= result["search_params"]
+    assert "unpruned_accuracy_mean" in result
+    with open(os.path.join(workdir, "genotypes_test.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [line["task"] for line in lines] == ["meta", 0, 1, 2]
+    assert all(darts.Genotype.from_dict(line["genotype"]).primitives == PRIMS for line in lines)
