@@ -368,10 +368,10 @@ def _darts(model, values, call_kwargs, bn, input_shape):
     from tfmetanas.nas import darts, ops
 
     # The genotype is derived at the temperature of the run's last meta-test
-    # step and pruned at the search network's own soft-pruning threshold, so
-    # the kept ops are the ones the search network computed.
+    # step and pruned at the search network's hard-pruning threshold: the
+    # network meta-test evaluation scores (`SearchNetwork(hard_prune=True)`).
     temperature = float(np.asarray(call_kwargs.get("temperature", 1.0)))
-    threshold = model.prune_threshold if model.prune_threshold > 0 else 0.01
+    threshold = model.hard_threshold
     discrete, genotype = darts.discrete_from_search(
         model,
         params=values,
