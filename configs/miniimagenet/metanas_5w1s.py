@@ -14,25 +14,8 @@ our choice. See docs/metanas.md.
   tfmetanas-evaluate --workdir=/tmp/metanas_5w1s_mini --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import metanas_config
 
 
 def get_config():
-    config = base_config()
-    config.data.source = "miniimagenet"
-    config.data.ways, config.data.shots, config.data.queries = 5, 1, 15
-    config.model.name = "darts"
-    config.model.darts.channels = 28
-    config.inner.groups = ("weights", "arch")
-    config.inner.rule, config.inner.lr, config.inner.adam_beta1 = "adam", 1e-3, 0.0
-    config.inner.arch = {"rule": "adam", "lr": 1e-3, "weight_decay": 1e-3}
-    config.inner.steps = 5
-    config.meta.algorithm = "reptile"
-    config.meta.step_sizes = {"weights": 1.0, "arch": 0.6}
-    config.meta.schedule = "linear"
-    config.meta.meta_batch_size = 10
-    config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 50, 50
-    config.train.steps = 30000
-    config.train.eval_every = 1000
-    config.eval.num_val_tasks = 100
-    return config
+    return metanas_config("miniimagenet", 5, 1, 15, arch_lr=1e-3)

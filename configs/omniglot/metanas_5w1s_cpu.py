@@ -12,31 +12,20 @@ paper. There is no paper number for this size; docs/results.md has ours.
   tfmetanas-evaluate --workdir=/tmp/metanas_cpu --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import metanas_config
 
 
 def get_config():
-    config = base_config()
-    config.data.source = "omniglot"
-    config.data.split_scheme = "vinyals"
-    config.data.ways, config.data.shots, config.data.queries = 5, 1, 1
+    config = metanas_config("omniglot", 5, 1, 1, arch_lr=5e-4, steps=3000)
     config.data.train_shots = 5
-    config.model.name = "darts"
     config.model.darts.channels = 12
     config.model.darts.num_cells = 2
     config.model.darts.reduction_cells = (1,)
     config.model.darts.num_nodes = 2
     config.model.darts.prune_threshold = 0.0
-    config.inner.groups = ("weights", "arch")
-    config.inner.rule, config.inner.lr, config.inner.adam_beta1 = "adam", 1e-3, 0.0
-    config.inner.arch = {"rule": "adam", "lr": 5e-4, "weight_decay": 1e-3}
     config.inner.steps = 3
-    config.meta.algorithm = "reptile"
-    config.meta.step_sizes = {"weights": 1.0, "arch": 0.6}
-    config.meta.schedule = "linear"
     config.meta.meta_batch_size = 5
     config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 15, 15
-    config.train.steps = 3000
     config.train.time_limit_minutes = 60.0
     config.train.eval_every = 500
     config.eval.num_val_tasks = 50

@@ -107,3 +107,33 @@ def base_config():
     config.eval.num_val_tasks = 100  # fixed validation tasks during training
     config.eval.batch_size = 10  # tasks per evaluation call
     return config
+
+
+def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
+    """METANAS with the paper's hyperparameters (Elsken et al. 2020, Sec. 5.1, Table 4).
+
+    The DARTS search network of `base_config` (4 cells, cells 2 and 4 reduce,
+    3 nodes, subsets of 2, 28 channels); weights and architecture adapted by
+    Adam with beta1 = 0 (weights lr 1e-3; architecture `arch_lr`, weight decay
+    1e-3), 5 task steps in meta-training; Reptile with meta step sizes 1.0
+    (weights) and 0.6 (architecture), linearly annealed, meta-batch 10;
+    warm-up for half of `steps`; meta-test 50+50 steps. `steps` is our choice.
+    """
+    config = base_config()
+    config.data.source = source
+    if source == "omniglot":
+        config.data.split_scheme = "vinyals"
+    config.data.ways, config.data.shots, config.data.queries = ways, shots, queries
+    config.model.name = "darts"
+    config.inner.groups = ("weights", "arch")
+    config.inner.rule, config.inner.lr, config.inner.adam_beta1 = "adam", 1e-3, 0.0
+    config.inner.arch = {"rule": "adam", "lr": arch_lr, "weight_decay": 1e-3}
+    config.inner.steps = 5
+    config.meta.algorithm = "reptile"
+    config.meta.step_sizes = {"weights": 1.0, "arch": 0.6}
+    config.meta.schedule = "linear"
+    config.meta.meta_batch_size = 10
+    config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 50, 50
+    config.train.steps = steps
+    config.train.eval_every = 1000
+    return config
