@@ -53,7 +53,13 @@ import tensorflow as tf
 from tfmetanas import errors
 from tfmetanas.models.params import add_param
 from tfmetanas.nas import ops as ops_lib
-from tfmetanas.nas.genotype import STRATEGIES, Genotype, derive_genotype, input_subsets
+from tfmetanas.nas.genotype import (
+    STRATEGIES,
+    Genotype,
+    derive_genotype,
+    edge_offsets,
+    input_subsets,
+)
 
 
 def mixing_weights(logits, temperature=1.0):
@@ -593,7 +599,7 @@ class SearchNetwork(_CellNetwork):
             for layer in (self.stem_conv, self.stem_bn, self.head)
             for v in layer.trainable_variables
         )
-        offsets = [sum(j + 2 for j in range(n)) for n in range(self.num_nodes)]
+        offsets, _ = edge_offsets(self.num_nodes)
         for cell in self.cells:
             total += sum(
                 math.prod(v.shape)
@@ -807,7 +813,7 @@ def discrete_from_search(
         (search_model.stem_bn, discrete.stem_bn),
         (search_model.head, discrete.head),
     ]
-    offsets = [sum(j + 2 for j in range(n)) for n in range(search_model.num_nodes)]
+    offsets, _ = edge_offsets(search_model.num_nodes)
     for s_cell, d_cell in zip(search_model.cells, discrete.cells):
         pairs += [(s_cell.preproc0, d_cell.preproc0), (s_cell.preproc1, d_cell.preproc1)]
         for d_edge, (j, i, _) in zip(d_cell.edges, d_cell.edge_index):

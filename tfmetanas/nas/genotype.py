@@ -173,7 +173,8 @@ def kept_mask(weights, threshold):
     return weights >= np.minimum(threshold, weights.max(axis=-1, keepdims=True))
 
 
-def _edge_offsets(num_nodes):
+def edge_offsets(num_nodes):
+    """Index of node j's first edge in the flat edge list, and the edge count."""
     offsets, start = [], 0
     for j in range(num_nodes):
         offsets.append(start)
@@ -195,7 +196,7 @@ def num_nodes_from_edges(num_edges):
 def _derive_cell(alpha, betas, temperature, threshold, strategy, primitives, k):
     alpha = np.asarray(alpha)
     num_nodes = num_nodes_from_edges(alpha.shape[0])
-    offsets, _ = _edge_offsets(num_nodes)
+    offsets, _ = edge_offsets(num_nodes)
     op_tau = 1.0 if strategy == "none" else temperature
     op_w = _softmax(alpha, op_tau)
     nodes = []
