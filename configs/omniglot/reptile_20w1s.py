@@ -21,6 +21,9 @@ def get_config():
     config.model.bn.affine_group = "weights"
     config.inner.rule = "adam"
     config.inner.lr, config.inner.adam_beta1 = 1e-3, 0.0
+    # The Reptile code keeps its inner Adam slots across tasks (only the model
+    # variables are reset): carry the state over instead of restarting Adam.
+    config.inner.persistent_state = True
     config.inner.steps, config.inner.eval_steps = 5, 50
     config.meta.algorithm = "reptile"
     config.meta.step_sizes = {"weights": 1.0}

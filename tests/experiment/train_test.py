@@ -62,14 +62,17 @@ def test_train_then_evaluate_writes_results(tmp_path):
     assert again["accuracy_mean"] == result["accuracy_mean"]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "reptile_persistent"])
 def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
     # Not tf.config.experimental.enable_op_determinism(): it is process-wide and
     # makes XLA refuse max-pool gradients in later tests; CPU kernels agree to
     # float32 round-off run to run, which the tolerance below allows.
-    overrides = {"meta.algorithm": algorithm}
-    if algorithm == "reptile":
+    overrides = {"meta.algorithm": algorithm.split("_")[0]}
+    if algorithm.startswith("reptile"):
         overrides.update({"inner.rule": "adam", "inner.lr": 1e-3})
+    if algorithm == "reptile_persistent":
+        # The inner Adam state is carried across tasks: it must be checkpointed too.
+        overrides["inner.persistent_state"] = True
     straight = str(tmp_path / "straight")
     trainer.train(tiny_config(steps=4, **overrides), straight)
     resumed = str(tmp_path / "resumed")

@@ -52,3 +52,49 @@ def test_no_meta_learning_leaves_variables():
     assert np.isfinite(out["meta/loss"].numpy())
     for v, b in zip(fm.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_persistent_adam_state_carries_from_task_to_task():
+    """Reptile's inner Adam continues across tasks and meta-steps (the Reptile code)."""
+    fm = helpers.tiny_conv(bn={"affine_group": "weights"})
+    learner = inner.TaskLearner(
+        fm, {"weights": rules.Adam(1e-2, beta1=0.0)}, 3, persistent_rule_state=True
+    )
+    meta = learners.Reptile(learner, {"weights": 0.7})
+    tasks = helpers.random_tasks(batch=2)
+    # Starts from a fresh Adam state (count 0, zero moments).
+    assert learner.rule_state_variables["weights"].count.numpy() == 0.0
+    theta = {v.path: tf.identity(v.value) for v in fm.variables("weights")}
+    first = learner.adapt({k: v[0] for k, v in tasks.items()}, params=dict(theta))
+    second = learner.adapt(
+        {k: v[1] for k, v in tasks.items()}, params=dict(theta), rule_states=first.rule_states
+    )
+    fresh_second = learner.adapt({k: v[1] for k, v in tasks.items()}, params=dict(theta),
+                                 rule_states=learner._fresh_rule_states(theta))
+    # Continuing the first task's Adam state changes the second task's adaptation.
+    assert not np.allclose(second.params[fm.paths_of("weights")[0]].numpy(),
+                           fresh_second.params[fm.paths_of("weights")[0]].numpy())
+    expected = rules.reptile_interpolation(theta, [first.params, second.params], 0.7)
+    meta.replica_step(tasks, tf.constant(0))
+    for v in fm.variables("weights"):
+        np.testing.assert_allclose(v.numpy(), expected[v.path].numpy(), rtol=1e-5, atol=1e-6)
+    state = learner.rule_state_variables["weights"]
+    assert state.count.numpy() == 6.0  # 2 tasks x 3 steps
+    for path, nu in second.rule_states["weights"].nu.items():
+        np.testing.assert_allclose(state.nu[path].numpy(), nu.numpy(), rtol=1e-6)
+    # The next task (meta-test included) starts from the stored state.
+    start = learner.initial_rule_states(theta)["weights"]
+    assert start.count.numpy() == 6.0
+
+
+def test_persistent_state_needs_reptile():
+    from tfmetanas import errors
+    from tfmetanas.experiment import defaults
+    from tfmetanas.meta import algorithms
+
+    config = defaults.base_config()
+    config.inner.rule = "adam"
+    config.inner.persistent_state = True
+    config.meta.algorithm = "maml"
+    with np.testing.assert_raises(errors.ConfigError):
+        algorithms.build_algorithm(config, helpers.tiny_conv(), "classification")

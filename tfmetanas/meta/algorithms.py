@@ -13,6 +13,8 @@ Config keys (units in brackets):
   inner.adam_beta1       Adam beta1 (Reptile/METANAS: 0)
   inner.weight_decay     L2 weight decay of the inner rule
   inner.bn_mode          "transductive" | "running"
+  inner.persistent_state keep the inner rule's state (Adam moments) across tasks
+                         (Reptile: as the Reptile code does)
   inner.alfa.layers      ALFA generator depth (3, the paper; the official code has 2)
   inner.alfa.init_beta   ALFA initial weight-decay post-multiplier beta0 (1.0)
   meta.algorithm         "maml" | "reptile" | "none"
@@ -33,6 +35,7 @@ Config keys (units in brackets):
 """
 
 import keras
+import tensorflow as tf
 
 from tfmetanas import errors, registry
 from tfmetanas.meta import alfa, inner, learners, mamlpp, rules
@@ -195,6 +198,8 @@ class Algorithm:
     def trackables(self):
         """What a checkpoint must hold besides the model."""
         out = {"rule_variables": {v.path: v for v in self.learner.variables}}
+        if self.learner.rule_state_variables is not None:
+            out["rule_state"] = tf.nest.flatten(self.learner.rule_state_variables)
         out.update(self.meta_learner.optimizers)
         return out
 
@@ -232,6 +237,7 @@ def build_task_learner(config, fmodel, kind, forward_kwargs=inner.default_forwar
         forward_kwargs=forward_kwargs,
         batch_size=int(_get(inner_config, "batch_size", 0)),
         batch_seed=int(_get(_get(config, "train", None), "seed", 0)),
+        persistent_rule_state=bool(_get(inner_config, "persistent_state", False)),
     )
 
 
@@ -280,6 +286,11 @@ def build_algorithm(config, fmodel, kind):
         return metanas.build_algorithm(config, fmodel, kind)
     learner = build_task_learner(config, fmodel, kind)
     meta = config.meta
+    if learner.rule_state_variables is not None and _get(meta, "algorithm", "maml") != "reptile":
+        raise errors.ConfigError(
+            "inner.persistent_state=True needs meta.algorithm='reptile' (the only meta-learner "
+            "that carries the inner rule state from task to task)."
+        )
     meta_learner = ALGORITHMS.get(_get(meta, "algorithm", "maml"))(
         config, learner, int(config.train.steps)
     )

@@ -38,6 +38,7 @@ class TaskResult(NamedTuple):
         steps are tracked, else 1: after the last step).
       query_metrics: [m] query accuracy (classification) or MSE (regression).
       query_outputs: the query logits/predictions after the last step.
+      rule_states: ``{group: state}`` of the update rules after the last step.
     """
 
     params: dict
@@ -46,6 +47,7 @@ class TaskResult(NamedTuple):
     query_losses: tf.Tensor
     query_metrics: tf.Tensor
     query_outputs: tf.Tensor
+    rule_states: dict = None
 
 
 def default_forward_kwargs(step, num_steps):
@@ -86,6 +88,11 @@ class TaskLearner:
         shuffled mini-batches, each example once per epoch (Reptile's inner
         loop: 5 steps of 10 over 10-shot 5-way training tasks).
       batch_seed: seed of that fixed shuffle.
+      persistent_rule_state: keep the update rules' state (Adam's moments and
+        step count) in non-trainable variables: every task starts from it
+        instead of from `rule.init`, and meta-learners that support it
+        (Reptile) carry it from task to task, as the Reptile code's inner Adam
+        does (its slots live outside the variables Reptile resets).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class TaskLearner:
         forward_kwargs=default_forward_kwargs,
         batch_size=0,
         batch_seed=0,
+        persistent_rule_state=False,
     ):
         if int(batch_size) < 0:
             raise errors.ConfigError(f"inner.batch_size must be >= 0, got {batch_size}.")
@@ -113,6 +121,33 @@ class TaskLearner:
         self.forward_kwargs = forward_kwargs
         self.batch_size = int(batch_size)
         self.batch_seed = int(batch_seed)
+        self.rule_state_variables = None
+        if persistent_rule_state:
+            self.rule_state_variables = tf.nest.map_structure(
+                lambda t: tf.Variable(t, trainable=False), self._fresh_rule_states(self.initial_params())
+            )
+
+    def _fresh_rule_states(self, params):
+        return {g: self.rules[g].init(
+            {p: v for p, v in params.items() if self.fmodel.group_of[p] == g}
+        ) for g in self.rules}
+
+    def initial_rule_states(self, params):
+        """Where a task's rules start: the persistent state, or `rule.init`."""
+        if self.rule_state_variables is None:
+            return self._fresh_rule_states(params)
+        return tf.nest.map_structure(tf.convert_to_tensor, self.rule_state_variables)
+
+    def assign_rule_states(self, rule_states):
+        """Stores `rule_states` as the persistent state (mean over replicas)."""
+        if self.rule_state_variables is None:
+            raise errors.ConfigError("This task learner keeps no persistent rule state.")
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            rule_states = tf.nest.map_structure(
+                lambda t: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, t), rule_states
+            )
+        tf.nest.map_structure(lambda v, t: v.assign(t), self.rule_state_variables, rule_states)
 
     def batch_indices(self, support_size, num_steps):
         """[num_steps, batch_size] support indices of each inner step, or None.
@@ -214,9 +249,7 @@ class TaskLearner:
         if state is None:
             state = self.fmodel.state()
         if rule_states is None:
-            rule_states = {g: self.rules[g].init(
-                {p: v for p, v in params.items() if self.fmodel.group_of[p] == g}
-            ) for g in self.rules}
+            rule_states = self.initial_rule_states(params)
 
         if use_while_loop:
             if second_order:
@@ -248,6 +281,7 @@ class TaskLearner:
             query_losses=tf.stack(query_losses),
             query_metrics=tf.stack(query_metrics),
             query_outputs=outputs,
+            rule_states=rule_states,
         )
 
     def _adapt_while(self, task, params, state, rule_states, num_steps, groups):
@@ -273,4 +307,5 @@ class TaskLearner:
             query_losses=loss[None],
             query_metrics=metric[None],
             query_outputs=outputs,
+            rule_states=rule_states,
         )

@@ -225,24 +225,39 @@ class Reptile(MetaLearner):
         meta_params = self.learner.initial_params()
         dtype = tasks["support_x"].dtype
 
-        def body(b, param_sum, state_sum, ql_sum, qm_sum):
+        persistent = self.learner.rule_state_variables is not None
+
+        def body(b, param_sum, state_sum, ql_sum, qm_sum, rule_states):
             result = self.learner.adapt(
-                _task(tasks, b), params=meta_params, track_all_steps=False, groups=adapt_groups
+                _task(tasks, b),
+                params=meta_params,
+                track_all_steps=False,
+                groups=adapt_groups,
+                rule_states=rule_states if persistent else None,
             )
             param_sum = {p: param_sum[p] + result.params[p] for p in param_sum}
             state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
-            return b + 1, param_sum, state_sum, ql_sum + result.query_losses[-1], qm_sum + result.query_metrics[-1]
+            if persistent:
+                rule_states = result.rule_states
+            return (b + 1, param_sum, state_sum, ql_sum + result.query_losses[-1],
+                    qm_sum + result.query_metrics[-1], rule_states)
 
+        # With a persistent rule state, the tasks run one after the other and
+        # each continues the previous one's rule state (the Reptile code's
+        # inner Adam); otherwise `rule_states` is an unused placeholder.
         init = (
             tf.constant(0),
             {p: tf.zeros_like(v) for p, v in meta_params.items()},
             {p: tf.zeros_like(v) for p, v in fm.state().items()},
             tf.zeros([], dtype),
             tf.zeros([], dtype),
+            self.learner.initial_rule_states(meta_params) if persistent else tf.zeros([]),
         )
-        _, param_sum, state_sum, ql_sum, qm_sum = tf.while_loop(
+        _, param_sum, state_sum, ql_sum, qm_sum, rule_states = tf.while_loop(
             lambda b, *_: b < batch, body, init, parallel_iterations=1
         )
+        if persistent:
+            self.learner.assign_rule_states(rule_states)
         # Reptile's meta-gradient theta - mean(theta_task), as a sum of
         # per-task terms scaled by 1 / global meta-batch, so that the
         # optimizers' cross-replica sum is the mean over every task.
