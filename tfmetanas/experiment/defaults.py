@@ -5,7 +5,12 @@ so that any run can be shortened or re-seeded the same way
 (``--config.train.steps=100 --config.train.seed=1``).
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+from tfmetanas import errors
 
 
 def base_config():
@@ -102,6 +107,12 @@ def base_config():
     config.train.jit_compile = False
     config.train.time_limit_minutes = 0.0  # wall-clock budget of this run (0: none)
     config.train.progress = True
+    # Where the meta-batch runs (README "Several GPUs and machines"): none |
+    # mirrored (local GPUs, or train.devices) | multi_worker (TF_CONFIG) | tpu.
+    # meta.meta_batch_size stays the global meta-batch, split over replicas.
+    config.train.distribute = "none"
+    config.train.devices = ()  # mirrored: device names, e.g. ("/gpu:0", "/gpu:1"); (): all GPUs
+    config.train.tpu = ""  # tpu: TPU name or grpc:// address ("": local / from the environment)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_tasks = 600  # fixed test tasks
@@ -138,3 +149,19 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     config.train.steps = steps
     config.train.eval_every = 1000
     return config
+
+
+def sibling_config(config_file, name):
+    """`get_config()` of the config file `name` next to `config_file`.
+
+    For budget variants of a paper config, e.g. in ``configs/omniglot/x_cpu.py``:
+    ``config = sibling_config(__file__, "x.py")`` (config files are loaded by
+    path, so they cannot import each other as modules).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    if not os.path.isfile(path):
+        raise errors.ConfigError(f"No config file {path}.")
+    spec = importlib.util.spec_from_file_location(f"_tfmetanas_config_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -16,7 +16,7 @@ from absl import logging
 
 from tfmetanas import data as data_lib
 from tfmetanas import errors
-from tfmetanas.experiment import evaluation
+from tfmetanas.experiment import distribute, evaluation
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import algorithms
 from tfmetanas.models import params as params_lib
@@ -39,8 +39,14 @@ def data_config_for(config, split):
     return data_config
 
 
-def validate(config):
-    """Checks the values every training config shares, before anything runs."""
+def validate(config, strategy=None):
+    """Checks the values every training config shares, before anything runs.
+
+    Args:
+      config: the training config.
+      strategy: the run's `tf.distribute.Strategy` (default: the current one);
+        the meta-batch must split evenly over its replicas.
+    """
     for key in ("data", "model", "inner", "meta", "train", "eval"):
         if key not in config:
             raise errors.ConfigError(f"The config has no '{key}' section.")
@@ -50,20 +56,19 @@ def validate(config):
         raise errors.ConfigError(
             f"meta.meta_batch_size must be >= 1, got {config.meta.meta_batch_size}."
         )
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if int(config.meta.meta_batch_size) % replicas:
-        raise errors.ConfigError(
-            f"meta.meta_batch_size={config.meta.meta_batch_size} does not split over {replicas} replicas."
-        )
+    distribute.check_meta_batch(config, strategy or tf.distribute.get_strategy())
 
 
 class Experiment:
     """Everything a run builds from its config: sources, model, algorithm, checkpoint.
 
     Shared by training, evaluation and export so they build the same objects.
+    Variables are created under `strategy` (default: the current strategy,
+    i.e. none for evaluation and export); a checkpoint holds one value per
+    variable whatever the strategy, so any run restores into any other.
     """
 
-    def __init__(self, config, splits=("train", "val")):
+    def __init__(self, config, splits=("train", "val"), strategy=None):
         self.config = config
         seed = int(config.train.seed)
         self.sources = {
@@ -73,7 +78,7 @@ class Experiment:
         self.kind = probe.kind
         self.input_shape = tuple(probe.input_shape)
         self.output_dim = int(probe.output_dim)
-        self.strategy = tf.distribute.get_strategy()
+        self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             self.model = zoo.build_model(config.model, self.input_shape, self.output_dim, seed=seed)
             self.fmodel = params_lib.FunctionalModel(self.model)
@@ -81,6 +86,7 @@ class Experiment:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.best_metric = tf.Variable(np.nan, dtype=tf.float32, trainable=False, name="best")
             self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
+            self.algorithm.meta_learner.build()
         # Variables are checkpointed by path, not through Keras' object graph:
         # TF's checkpoint does not follow layers held in Python lists (conv
         # blocks, MLP layers), which would silently drop them.
@@ -100,6 +106,8 @@ class Experiment:
 
 
 def _scalars(writer, step, values):
+    if writer is None:  # a non-chief worker writes no summaries
+        return
     with writer.as_default(step=step):
         for name, value in values.items():
             value = np.asarray(value)
@@ -115,7 +123,9 @@ def _learning_rates(algorithm, step):
     out = {}
     for name, opt in algorithm.meta_learner.optimizers.items():
         lr = opt.learning_rate
-        out[f"lr/outer/{name}"] = float(lr(step) if callable(lr) else lr)
+        # A constant rate is a Keras variable (a MirroredVariable under a
+        # strategy, which `float` refuses): read it as a tensor.
+        out[f"lr/outer/{name}"] = float(lr(step) if callable(lr) else tf.convert_to_tensor(lr))
     return out
 
 
@@ -125,10 +135,32 @@ def train(config, workdir):
     Returns:
       The last validation summary (or {} when no validation ran).
     """
-    # Workdir and config: refuse a workdir that holds another run before
-    # anything is built or written.
-    validate(config)
-    workdir_lib.prepare_workdir(workdir, config)
+    summary, _ = run(config, workdir)
+    return summary
+
+
+def run(config, workdir):
+    """`train`, also returning the `Experiment` (this process's final variables).
+
+    Returns:
+      (last validation summary, Experiment).
+    """
+    # Strategy, workdir and config: refuse a workdir that holds another run
+    # before anything is built or written. Only the chief writes into the
+    # workdir; other workers save their (identical) checkpoints to a scratch
+    # directory they delete, and write no summaries, curves or config.
+    strategy = distribute.make_strategy(config)
+    validate(config, strategy)
+    chief = distribute.is_chief(strategy)
+    workdir_lib.prepare_workdir(workdir, config, write=chief)
+    scratch = distribute.WorkerScratch(strategy)
+    try:
+        return _train(config, workdir, strategy, chief, scratch)
+    finally:
+        scratch.cleanup()
+
+
+def _train(config, workdir, strategy, chief, scratch):
     steps = int(config.train.steps)
     batch = int(config.meta.meta_batch_size)
     eval_every = int(config.train.get("eval_every", 0) or 0)
@@ -139,23 +171,25 @@ def train(config, workdir):
     # first step past it, validates and checkpoints, as if train.steps ended there.
     time_limit = 60.0 * float(config.train.get("time_limit_minutes", 0) or 0)
 
-    # Model, algorithm, checkpoints.
-    exp = Experiment(config)
-    latest = workdir_lib.checkpoint_manager(workdir, exp.checkpoint, "latest")
-    best = workdir_lib.checkpoint_manager(workdir, exp.checkpoint, "best", max_to_keep=keep_best)
-    if latest.latest_checkpoint:
-        workdir_lib.restore(workdir, exp.checkpoint, "latest")
-        logging.info("Resumed from %s at step %d.", latest.latest_checkpoint, int(exp.step))
+    # Model, algorithm, checkpoints. Every worker restores the workdir's
+    # checkpoint (a shared filesystem for several machines); it holds one
+    # value per variable, so it was possibly written on another device count.
+    exp = Experiment(config, strategy=strategy)
+    save_dir = scratch.workdir(workdir)
+    latest = workdir_lib.checkpoint_manager(save_dir, exp.checkpoint, "latest")
+    best = workdir_lib.checkpoint_manager(save_dir, exp.checkpoint, "best", max_to_keep=keep_best)
+    if workdir_lib.has_checkpoint(workdir):
+        path = workdir_lib.restore(workdir, exp.checkpoint, "latest")
+        logging.info("Resumed from %s at step %d.", path, int(exp.step))
     start = int(exp.step.numpy())
-    writers = workdir_lib.summary_writers(workdir)
+    writers = workdir_lib.summary_writers(workdir) if chief else {"train": None, "eval": None}
 
     # Input pipeline: task i of the stream is a pure function of (seed, i),
-    # so starting at task start * batch continues the identical stream.
+    # and global step s holds tasks s*B .. s*B + B - 1, each replica its
+    # contiguous slice, so a run resumed at step `start` (on any number of
+    # replicas) continues the identical stream.
     train_source, val_source = exp.sources["train"], exp.sources["val"]
-    dataset = exp.strategy.experimental_distribute_dataset(
-        train_source.dataset(start * batch, batch)
-    )
-    iterator = iter(dataset)
+    iterator = iter(distribute.task_dataset(strategy, train_source, start, batch))
 
     # The meta-step: one tf.function per distinct `Algorithm.step_options`
     # (derivative order for MAML++'s DA, adapted groups for METANAS'
@@ -170,6 +204,8 @@ def train(config, workdir):
 
         def step_fn(tasks, iteration):
             per_replica = exp.strategy.run(replica, args=(tasks, iteration))
+            # Replicas hold equally many tasks: the mean of their means is the
+            # mean over the global meta-batch.
             return exp.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
         return tf.function(step_fn, jit_compile=jit)
@@ -179,13 +215,18 @@ def train(config, workdir):
     num_eval_tasks = int(config.eval.get("num_val_tasks", config.eval.num_tasks))
 
     def validate_and_checkpoint(step):
+        # Every worker validates (outside the strategy, on its own copy of the
+        # identical variables), so all take the same best/latest decisions
+        # and call `save` at the same points; only the chief records.
         summary, _ = evaluator.run(val_source, num_eval_tasks, int(config.eval.get("batch_size", 10)))
         _scalars(writers["eval"], step, {"val/" + k: v for k, v in summary.items()
                                           if isinstance(v, (int, float))})
         metric = exp.metric_of(summary)
-        with open(os.path.join(workdir, "val_curve.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "train_seconds": round(time.time() - t0 + elapsed0, 1),
-                                **summary}) + "\n")
+        if chief:
+            with open(os.path.join(workdir, "val_curve.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step,
+                                    "train_seconds": round(time.time() - t0 + elapsed0, 1),
+                                    **summary}) + "\n")
         prev = float(exp.best_metric.numpy())
         improved = math.isnan(prev) or (metric > prev if exp.higher_is_better() else metric < prev)
         if improved:
@@ -236,7 +277,11 @@ def train(config, workdir):
             last_summary = validate_and_checkpoint(done)
         elif done % ckpt_every == 0:
             latest.save(checkpoint_number=done)
-        if time_limit and time.time() - t0 + elapsed0 >= time_limit:
+        # Workers stop together: one that left the loop alone would leave the
+        # others waiting in the next step's all-reduce.
+        if time_limit and distribute.any_worker(
+            strategy, time.time() - t0 + elapsed0 >= time_limit
+        ):
             logging.info("Stopping at step %d: train.time_limit_minutes reached.", done)
             break
 
@@ -245,9 +290,10 @@ def train(config, workdir):
     if not (eval_every and final % eval_every == 0 and final > start):
         last_summary = validate_and_checkpoint(final)
     for w in writers.values():
-        w.flush()
+        if w is not None:
+            w.flush()
     logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
-    return last_summary
+    return last_summary, exp
 
 
 def check_xla(config, jit_compile):

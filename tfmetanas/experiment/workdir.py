@@ -20,7 +20,7 @@ from tfmetanas import errors
 # what the checkpoint holds).
 RESUMABLE_KEYS = ("train.steps", "inner.lr", "meta.lr", "train.eval_every", "train.log_every", "train.checkpoint_every",
                   "eval.num_tasks", "data.root", "train.jit_compile", "train.progress",
-                  "train.time_limit_minutes")
+                  "train.time_limit_minutes", "train.distribute", "train.devices", "train.tpu")
 
 
 def _write_atomic(path, write):
@@ -72,15 +72,16 @@ def config_to_dict(config):
     return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
-def prepare_workdir(workdir, config):
-    """Creates `workdir` and writes `config.json`.
+def prepare_workdir(workdir, config, write=True):
+    """Creates `workdir` and writes `config.json` (with `write`; non-chief workers only check).
 
     If the workdir already holds a run, its config must agree with `config`
     except for the keys in `RESUMABLE_KEYS`; otherwise a `CheckpointError`
     names the differing keys (resuming with another model would fail deep in
     TensorFlow, or silently train something else).
     """
-    os.makedirs(workdir, exist_ok=True)
+    if write:
+        os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
     new = config_to_dict(config)
     if os.path.exists(path) and has_checkpoint(workdir):
@@ -96,7 +97,8 @@ def prepare_workdir(workdir, config):
                 f"The workdir {workdir} holds a run with another config ({details}). "
                 "Use a new --workdir, or the same config to resume."
             )
-    write_json_atomic(path, new)
+    if write:
+        write_json_atomic(path, new)
     return new
 
 

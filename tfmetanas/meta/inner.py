@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.meta import replicas
 
 KINDS = ("classification", "regression")
 BN_MODES = ("transductive", "running")
@@ -139,15 +140,19 @@ class TaskLearner:
         return tf.nest.map_structure(tf.convert_to_tensor, self.rule_state_variables)
 
     def assign_rule_states(self, rule_states):
-        """Stores `rule_states` as the persistent state (mean over replicas)."""
+        """Stores `rule_states` as the persistent state (mean over replicas).
+
+        Under several replicas each replica carries the state through its own
+        share of the meta-batch, from the same starting state, and the
+        replicas' final states are averaged: not the single-device chain
+        through every task in order (docs/distributed.md).
+        """
         if self.rule_state_variables is None:
             raise errors.ConfigError("This task learner keeps no persistent rule state.")
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            rule_states = tf.nest.map_structure(
-                lambda t: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, t), rule_states
-            )
-        tf.nest.map_structure(lambda v, t: v.assign(t), self.rule_state_variables, rule_states)
+        rule_states = replicas.all_reduce_mean(rule_states)
+        replicas.assign_synced(
+            tf.nest.flatten(self.rule_state_variables), tf.nest.flatten(rule_states)
+        )
 
     def batch_indices(self, support_size, num_steps):
         """[num_steps, batch_size] support indices of each inner step, or None.

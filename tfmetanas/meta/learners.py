@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.meta import replicas
 
 
 def _zeros_like_vars(variables):
@@ -40,9 +41,16 @@ def _dense(g, v):
 
 
 def _global_batch_fraction(local_batch):
-    """Fraction of the global meta-batch this replica holds."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return 1.0 / (local_batch * replicas)
+    """1 / global meta-batch, for a replica that holds `local_batch` tasks of it.
+
+    Keras 3's TensorFlow optimizer *sums* gradients over replicas
+    (`TFOptimizer._backend_update_step` -> `_all_reduce_sum_gradients`, an
+    all-reduce with `ReduceOp.SUM` in the replica context) before its update
+    step; per-task terms scaled by this fraction therefore add up to the mean
+    over every task of the global meta-batch. tests/experiment/distribute_test.py
+    checks it: a 2-replica meta-step equals the 1-device one.
+    """
+    return 1.0 / (local_batch * replicas.num_replicas())
 
 
 class MetaLearner:
@@ -78,15 +86,29 @@ class MetaLearner:
             return frozenset()
         return frozenset(self.learner.rules) - frozenset(adapt_groups)
 
+    def build(self):
+        """Creates the optimizers' slots now (eagerly, under the strategy's scope).
+
+        Otherwise they would be created inside the first `strategy.run`, in a
+        replica context; built up front they also exist before a checkpoint
+        restores into them.
+        """
+        for optimizer, variables in self._optimizer_variables():
+            if variables and not optimizer.built:
+                optimizer.build(variables)
+
+    def _optimizer_variables(self):
+        return []
+
     def _state_mean_update(self, state_sum, num_tasks):
-        """Assigns the mean over tasks of the BN state after adaptation."""
-        state = {p: s / num_tasks for p, s in state_sum.items()}
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            state = {
-                p: ctx.all_reduce(tf.distribute.ReduceOp.MEAN, s) for p, s in state.items()
-            }
-        self.learner.fmodel.assign_state(state)
+        """Assigns the mean over every task (all replicas) of the BN state after adaptation.
+
+        Replicas hold equally many tasks, so the mean of the replicas' means is
+        the mean over the global meta-batch; every replica assigns the same value.
+        """
+        state = replicas.all_reduce_mean({p: s / num_tasks for p, s in state_sum.items()})
+        fm = self.learner.fmodel
+        replicas.assign_synced([fm.state_variables_by_path[p] for p in state], list(state.values()))
 
 
 class MAML(MetaLearner):
@@ -118,6 +140,9 @@ class MAML(MetaLearner):
     @property
     def optimizers(self):
         return {"optimizer": self.optimizer}
+
+    def _optimizer_variables(self):
+        return [(self.optimizer, self.variables)]
 
     def task_loss(self, result, weights):
         if weights is None:
@@ -215,6 +240,10 @@ class Reptile(MetaLearner):
     @property
     def optimizers(self):
         return {f"optimizer_{g}": o for g, o in self.group_optimizers.items()}
+
+    def _optimizer_variables(self):
+        fm = self.learner.fmodel
+        return [(o, fm.variables(g)) for g, o in self.group_optimizers.items()]
 
     def replica_step(self, tasks, iteration, second_order=False, adapt_groups=None):
         del iteration
