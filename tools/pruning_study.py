@@ -62,10 +62,10 @@ def run_one(data, strategy, seed):
     import keras
     import tensorflow as tf
 
+    from tfmetanas.experiment import defaults
     from tfmetanas.models import params as params_lib
     from tfmetanas.models import zoo
     from tfmetanas.nas import darts
-    from tfmetanas.experiment import defaults
 
     model_config = defaults.base_config().model
     model_config.name = "darts"
