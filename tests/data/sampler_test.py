@@ -190,3 +190,27 @@ def test_sinusoid_tasks():
     batch = next(iter(source.dataset(3, 2)))
     np.testing.assert_array_equal(batch["query_y"][0], task["query_y"])
     assert not np.array_equal(source.task(4)["support_y"], task["support_y"])
+
+
+def test_class_arrays_hold_every_image_of_each_class():
+    source = get_task_source(small_glyphs(), "train", seed=3)
+    arrays = source.class_arrays()
+    assert arrays.shape == (24, 8, 16, 16, 1) and arrays.dtype == np.uint8
+    for c in (0, 23):
+        np.testing.assert_array_equal(arrays[c], source.class_images(c))
+    # A task's support images are images of the class arrays (as [0, 1] floats).
+    task = source.task(0)
+    known = {(a.astype(np.float32) / 255.0).tobytes() for a in arrays.reshape(-1, 16, 16, 1)}
+    assert all(x.tobytes() in known for x in task["support_x"].numpy())
+
+
+def test_supervised_arrays_come_from_the_data_layer():
+    from tfmetanas.nas import supervised_data
+
+    config = small_glyphs().to_dict()
+    config["num_classes"] = 10
+    images = supervised_data.load_class_arrays(config, seed=3)
+    source = get_task_source(small_glyphs(), "train", seed=3)
+    np.testing.assert_array_equal(images, source.class_arrays()[:10])
+    with pytest.raises(errors.DataError, match="num_classes"):
+        supervised_data.load_class_arrays({**config, "num_classes": 99}, seed=3)

@@ -323,6 +323,21 @@ class ImageTaskSource(TaskSource):
         self._counts = tf.constant(counts, tf.int32)
         self._offsets = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]), tf.int64)
 
+    def class_images(self, c):
+        """uint8 ``[n_c, H, W, C]``: every image of class `c` (rotated classes included)."""
+        offset = int(self._offsets[c])
+        return self._images[offset:offset + int(self._counts[c])].numpy()
+
+    def class_arrays(self):
+        """uint8 ``[classes, per_class, H, W, C]`` when every class has as many images."""
+        if not self._equal_counts:
+            raise errors.DataError(
+                f"Classes have different image counts {sorted(set(self.images_per_class.tolist()))}; "
+                "read them one by one with class_images(c)."
+            )
+        flat = self._images.numpy()
+        return flat.reshape((self.num_classes, self._max_count) + flat.shape[1:])
+
     def task(self, index):
         """Samples task `index`.
 

@@ -92,11 +92,7 @@ def load_class_arrays(data_config, seed):
         # The episode shape is irrelevant here; 1-way 1-shot passes every check.
         config.update(ways=1, shots=1, queries=1, rotations=False)
         source = sources.get_task_source(config, "train", seed)
-        flat = np.asarray(source._images.numpy())
-        counts = np.asarray(source.images_per_class)
-        if not np.all(counts == counts[0]):
-            raise errors.DataError(f"{source_name}: classes have different image counts {set(counts)}.")
-        images = flat.reshape((len(counts), int(counts[0])) + flat.shape[1:])
+        images = source.class_arrays()
         num_classes = int(data_config.get("num_classes", 0) or 0)
         if num_classes:
             if num_classes > len(images):
