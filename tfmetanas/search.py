@@ -4,7 +4,9 @@ Stages (``--stages=train,rank,search``, any subset, in this order):
 
 - ``train``: trains a weight-sharing supernet (NAS-Bench-201 or MobileNet
   space) with SPOS, FairNAS or SUMNAS on supervised batches (Section 3);
-  checkpoints in the workdir, resumes automatically.
+  checkpoints in the workdir, resumes automatically. ``train.distribute``
+  (as in meta-training) splits the m sub-models of a FairNAS/SUMNAS step
+  over replicas.
 - ``rank``: evaluates sampled sub-models with BN recalibration and reports
   Kendall tau / Spearman rho against a reference (the NAS-Bench-201 table, or
   the JSON of ``tools/standalone_reference.py``) into ``rank.json``
@@ -22,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.experiment import distribute
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import sumnas
 from tfmetanas.nas import evolution, flops, mobilenet, nb201, oracle, ranking, supervised_data
@@ -60,18 +63,22 @@ def _check_config(config):
         SPACES.get(config.model.space)  # raises with the valid names
 
 
-def _build(config):
+def _build(config, strategy=None):
     data = supervised_data.SupervisedArrays(
         supervised_data.load_class_arrays(config.data, config.train.seed),
         int(config.data.val_per_class), seed=config.train.seed)
-    model = SPACES.get(config.model.space)(config, data.num_classes, data.image_shape[-1])
     t = config.train
-    trainer = sumnas.SupernetTrainer(
-        model, t.strategy, learning_rate=t.learning_rate, total_steps=max(int(t.steps), 1),
-        momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed,
-        inner_steps=t.inner_steps, inner_learning_rate=t.inner_learning_rate,
-        inner_momentum=t.inner_momentum, fair_reduction=t.fair_reduction,
-        jit_compile=t.jit_compile)
+    strategy = strategy or tf.distribute.get_strategy()
+    # Variables are created under the strategy: FairNAS/SUMNAS split their
+    # sub-models over its replicas (meta/sumnas.py explains the choice).
+    with strategy.scope():
+        model = SPACES.get(config.model.space)(config, data.num_classes, data.image_shape[-1])
+        trainer = sumnas.SupernetTrainer(
+            model, t.strategy, learning_rate=t.learning_rate, total_steps=max(int(t.steps), 1),
+            momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed,
+            inner_steps=t.inner_steps, inner_learning_rate=t.inner_learning_rate,
+            inner_momentum=t.inner_momentum, fair_reduction=t.fair_reduction,
+            jit_compile=t.jit_compile, distribution=strategy)
     return data, model, trainer
 
 
@@ -82,14 +89,19 @@ def _evaluator(config, data, model):
         data.val_images, data.val_labels, batch_size=r.eval_batch_size)
 
 
-def train(config, workdir, data, model, trainer):
-    """The ``train`` stage; returns the last metrics (floats)."""
+def train(config, workdir, data, model, trainer, chief=True, save_dir=None):
+    """The ``train`` stage; returns the last metrics (floats).
+
+    Under a multi-worker strategy every worker runs it; only the chief writes
+    summaries, and the others save their checkpoints under `save_dir` (a
+    scratch directory) instead of the workdir.
+    """
     t = config.train
     checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
-    manager = workdir_lib.checkpoint_manager(workdir, checkpoint)
+    manager = workdir_lib.checkpoint_manager(save_dir or workdir, checkpoint)
     if workdir_lib.has_checkpoint(workdir):
         workdir_lib.restore(workdir, checkpoint)
-    writers = workdir_lib.summary_writers(workdir)
+    writers = workdir_lib.summary_writers(workdir) if chief else {}
     evaluator = None
     metrics, start = {}, time.time()
     step = int(trainer.step.numpy())
@@ -102,12 +114,12 @@ def train(config, workdir, data, model, trainer):
                 f"Non-finite supernet loss {metrics['loss']} at step {step} ({t.strategy}); lower "
                 f"train.learning_rate (now {t.learning_rate}) or train.inner_learning_rate.")
         step += 1
-        if step % int(t.log_every) == 0 or step == int(t.steps):
+        if chief and (step % int(t.log_every) == 0 or step == int(t.steps)):
             with writers["train"].as_default(step=step):
                 for key, value in metrics.items():
                     tf.summary.scalar(f"train/{key}", value)
                 tf.summary.scalar("train/steps_per_second", step / max(time.time() - start, 1e-9))
-        if step % int(t.eval_every) == 0 or step == int(t.steps):
+        if chief and (step % int(t.eval_every) == 0 or step == int(t.steps)):
             evaluator = evaluator or _evaluator(config, data, model)
             archs = sn.sample_archs(int(config.search.rank.eval_archs_during_training),
                                     model.num_layers, model.num_choices, seed=t.seed)
@@ -221,16 +233,25 @@ def search(config, workdir, stages=STAGES):
     if unknown:
         raise errors.ConfigError(f"Unknown stages {unknown}; valid: {list(STAGES)}.")
     _check_config(config)
-    workdir_lib.prepare_workdir(workdir, config)
-    data, model, trainer = _build(config)
+    strategy = distribute.make_strategy(config)
+    chief = distribute.is_chief(strategy)
+    workdir_lib.prepare_workdir(workdir, config, write=chief)
+    data, model, trainer = _build(config, strategy)
     results = {}
-    if "train" in stages:
-        results["train"] = train(config, workdir, data, model, trainer)
-    elif stages:
-        _restore_trained(workdir, trainer)
-    if "rank" in stages:
+    scratch = distribute.WorkerScratch(strategy)
+    try:
+        if "train" in stages:
+            results["train"] = train(config, workdir, data, model, trainer, chief=chief,
+                                     save_dir=scratch.path)
+        elif stages:
+            _restore_trained(workdir, trainer)
+    finally:
+        scratch.cleanup()
+    # Ranking and search evaluate sub-models one by one outside the strategy:
+    # the chief runs them and writes their JSON.
+    if chief and "rank" in stages:
         results["rank"] = rank(config, workdir, data, model)
-    if "search" in stages:
+    if chief and "search" in stages:
         results["search"] = search_stage(config, workdir, data, model)
     return results
 

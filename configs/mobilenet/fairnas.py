@@ -57,6 +57,10 @@ def get_config():
     config.train.log_every = 10  # steps
     config.train.eval_every = 500  # steps
     config.train.checkpoint_every = 200  # steps
+    # none | mirrored | multi_worker | tpu (README); FairNAS/SUMNAS split their m
+    # sub-models per step over the replicas (SPOS: none only).
+    config.train.distribute = "none"
+    config.train.devices = ()  # mirrored: e.g. ("/gpu:0", "/gpu:1"); (): all GPUs
 
     config.search = ml_collections.ConfigDict()
     config.search.method = "evolution"  # "evolution" (Algorithm 2) or "random"

@@ -10,6 +10,9 @@ pytest process has already done, so the tests start this script:
   distribute_worker.py resume OUT.json WORKDIR
       two logical CPUs; 2 steps on 2 replicas then 2 more on 1 (and the
       reverse) against 4 uninterrupted steps on 1 replica.
+  distribute_worker.py supernet OUT.json
+      two logical CPUs; FairNAS and SUMNAS steps on the toy supernet with the
+      sub-models split over 2 replicas vs 1 device.
   distribute_worker.py train OUT.npz WORKDIR STEPS DISTRIBUTE
       trains `tiny_config` (TF_CONFIG from the environment for multi_worker)
       and writes the final variables and step.
@@ -21,6 +24,7 @@ conv4) so a test stays in seconds.
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -89,6 +93,8 @@ def tiny_config(algorithm="maml", steps=1, distribute="none"):
         config.model.darts.channels = 4
         config.model.darts.num_cells, config.model.darts.reduction_cells = 2, (1,)
         config.model.darts.num_nodes = 2
+        config.model.darts.primitives = ("max_pool_3x3", "skip_connect", "conv_3x3")
+        config.inner.steps = 1
         config.inner.groups = ("weights", "arch")
         config.inner.rule, config.inner.lr, config.inner.adam_beta1 = "adam", 1e-2, 0.0
         config.inner.arch = {"rule": "adam", "lr": 1e-2, "weight_decay": 1e-3}
@@ -124,6 +130,7 @@ def equivalence(out, workdir, algorithms):
     two_logical_cpus()
     results = {}
     for algorithm in algorithms:
+        start = time.time()
         single = os.path.join(workdir, algorithm + "_single")
         mirrored = os.path.join(workdir, algorithm + "_mirrored")
         trainer.train(tiny_config(algorithm, 1, "none"), single)
@@ -136,6 +143,7 @@ def equivalence(out, workdir, algorithms):
             "max_abs_diff": compare(a, b), "moved": moved, "scale": scale,
             "steps": [step_a, step_b], "keys": len(a),
         }
+        results[algorithm]["seconds"] = round(time.time() - start, 1)
         print(algorithm, results[algorithm], flush=True)
     with open(out, "w") as f:
         json.dump(results, f)
@@ -173,12 +181,57 @@ def train(out, workdir, steps, distribute):
              **{v.path.replace("/", "__"): v.numpy() for v in exp.model.variables})
 
 
+def supernet(out):
+    """FairNAS and SUMNAS (k=2) on the toy supernet of tests/nas: 2 replicas vs 1 device."""
+    two_logical_cpus()
+    sys.path.insert(0, os.path.join(ROOT, "tests", "nas"))
+    import sumnas_test
+
+    from tfmetanas import errors
+    from tfmetanas.meta import sumnas
+
+    mirrored = tf.distribute.MirroredStrategy(list(TWO_CPUS))
+    results = {}
+    for name, kwargs in (("fairnas", {"learning_rate": 0.1, "momentum": 0.9}),
+                         ("sumnas", {"learning_rate": 1.0, "inner_steps": 2,
+                                     "inner_learning_rate": 0.05, "momentum": 0.5})):
+        values = {}
+        for label, strategy in (("single", tf.distribute.get_strategy()), ("mirrored", mirrored)):
+            with strategy.scope():
+                model = sumnas_test._toy()
+                trainer_ = sumnas.SupernetTrainer(model, name, total_steps=10, cosine=False,
+                                                  distribution=strategy, **kwargs)
+            # By position: Keras names the second toy's layers differently.
+            initial = dict(enumerate(v.numpy() for v in trainer_.fm.variables_by_path.values()))
+            for _ in range(2):
+                trainer_.train_step(sumnas_test.X, sumnas_test.Y)
+            values[label] = dict(enumerate(v.numpy() for v in trainer_.fm.variables_by_path.values()))
+            values[label + "_step"] = int(trainer_.step.numpy())
+        results[name] = {
+            "max_abs_diff": compare(values["single"], values["mirrored"]),
+            "moved": compare(values["single"], initial), "count": len(initial),
+            "steps": [values["single_step"], values["mirrored_step"]],
+        }
+        print(name, results[name], flush=True)
+    with mirrored.scope():
+        try:
+            sumnas.SupernetTrainer(sumnas_test._toy(), "spos", learning_rate=0.1, total_steps=2,
+                                   distribution=mirrored)
+            results["spos_refused"] = ""
+        except errors.ConfigError as e:
+            results["spos_refused"] = str(e)
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "equivalence":
         equivalence(args[0], args[1], args[2:])
     elif mode == "resume":
         resume(args[0], args[1])
+    elif mode == "supernet":
+        supernet(args[0])
     elif mode == "train":
         train(*args)
     else:

@@ -30,6 +30,21 @@ running statistics would be. Each step is one `tf.function` whose sub-model loop
 (tracing the unrolled SUMNAS step took minutes on a shared CPU); the sampled
 architectures are tensors derived from (seed, step) with stateless random
 ops, so it traces once and a resumed run sees the same paths.
+
+Under `tf.distribute` (``train.distribute`` of ``tfmetanas.search``) the
+*sub-models* of a FairNAS/SUMNAS step are split across replicas, not the
+data: replica r of R trains sub-models r, r + R, ... on the whole batch, and
+the directions are summed over replicas (all-reduce) and divided by m. That
+is exactly the single-device update of the weights: each sub-model's inner
+loop and gradient is the same computation on the same batch, whereas
+splitting the batch would change it (BN normalises with per-replica batch
+statistics, and SUMNAS' k > 1 inner steps are not linear in the data). The
+sampled paths are a pure function of (seed, step), identical on every replica
+without communication. Only BN running statistics differ: each replica
+threads them through its own sub-models and the replicas' results are
+averaged (the ranking stage recalibrates them per sub-model anyway). SPOS
+trains one path per step, which leaves nothing to split but the data, so it
+is refused on several replicas.
 """
 
 import math
@@ -38,7 +53,7 @@ import keras
 import tensorflow as tf
 
 from tfmetanas import errors
-from tfmetanas.meta import rules
+from tfmetanas.meta import replicas, rules
 from tfmetanas.models import params as params_lib
 from tfmetanas.nas import supernet as sn
 
@@ -74,6 +89,9 @@ class SupernetTrainer:
       fair_reduction: FairNAS "mean" or "sum" of the m gradients.
       cosine: whether the outer learning rate follows a cosine schedule.
       jit_compile: XLA-compile the step.
+      distribution: the `tf.distribute.Strategy` the model and this trainer's
+        variables were created under (default: the current one); FairNAS and
+        SUMNAS split their sub-models over its replicas.
 
     Example:
       trainer = SupernetTrainer(model, "sumnas", learning_rate=1.0, total_steps=1000)
@@ -85,7 +103,8 @@ class SupernetTrainer:
 
     def __init__(self, model, strategy, *, learning_rate, total_steps, momentum=0.0,
                  weight_decay=0.0, seed=0, inner_steps=1, inner_learning_rate=0.05,
-                 inner_momentum=0.9, fair_reduction="mean", cosine=True, jit_compile=False):
+                 inner_momentum=0.9, fair_reduction="mean", cosine=True, jit_compile=False,
+                 distribution=None):
         if strategy not in STRATEGIES:
             raise errors.ConfigError(f"Unknown supernet strategy {strategy!r}; valid: {STRATEGIES}.")
         if fair_reduction not in ("mean", "sum"):
@@ -114,7 +133,20 @@ class SupernetTrainer:
                 v = self.fm.variables_by_path[p]
                 self.momentum_buffers[p] = tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
                                                        name="momentum/" + p.replace("/", "__"))
-        self._train_step = tf.function(self._step, jit_compile=jit_compile)
+        self.distribution = distribution or tf.distribute.get_strategy()
+        if strategy == "spos" and self.distribution.num_replicas_in_sync > 1:
+            raise errors.ConfigError(
+                "SPOS trains one sampled path per step: there are no sub-models to split over "
+                f"{self.distribution.num_replicas_in_sync} replicas. Use train.distribute='none', "
+                "or train.strategy='fairnas'/'sumnas', whose m sub-models per step are split."
+            )
+
+        def distributed_step(images, labels):
+            per_replica = self.distribution.run(self._step, args=(images, labels))
+            # Every replica returns the same (all-reduced) values.
+            return self.distribution.experimental_local_results(per_replica)[0]
+
+        self._train_step = tf.function(distributed_step, jit_compile=jit_compile)
 
     def checkpoint_items(self):
         """Objects to put in a `tf.train.Checkpoint` (model, step, momentum)."""
@@ -171,6 +203,10 @@ class SupernetTrainer:
         num_paths = self.model.num_choices if self.strategy != "spos" else 1
         params = self.fm.params("weights")
         state = self.fm.state()
+        # This replica's sub-models: r, r + R, ... (module docstring).
+        num_replicas = replicas.num_replicas()
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        first = tf.cast(replica_id, tf.int32) if num_replicas > 1 else tf.constant(0)
 
         # Sub-models run one after another in a `tf.while_loop` (the graph
         # holds one forward/backward, not m); BN statistics are threaded.
@@ -183,15 +219,19 @@ class SupernetTrainer:
             else:
                 loss, accuracy, direction, state = self._grads(params, state, images, labels, arch)
             total = {p: total[p] + direction[p] for p in self.paths}
-            return i + 1, total, state, metrics + tf.stack([loss, accuracy])
+            return i + num_replicas, total, state, metrics + tf.stack([loss, accuracy])
 
         _, total, state, metrics = tf.while_loop(
             lambda i, *_: i < num_paths,
             submodel,
-            (tf.constant(0), {p: tf.zeros_like(params[p]) for p in self.paths}, state,
+            (first, {p: tf.zeros_like(params[p]) for p in self.paths}, state,
              tf.zeros([2])),
             parallel_iterations=1,
         )
+        if num_replicas > 1:
+            ctx = tf.distribute.get_replica_context()
+            total, metrics = ctx.all_reduce(tf.distribute.ReduceOp.SUM, (total, metrics))
+            state = replicas.all_reduce_mean(state)
         metrics = metrics / float(num_paths)
         if self.strategy == "sumnas" or self.fair_reduction == "mean":
             meta_grads = {p: g / float(num_paths) for p, g in total.items()}
@@ -209,11 +249,16 @@ class SupernetTrainer:
             new_rule_state = rules.SGDState(momentum={
                 p: tf.where(touched[p], v, rule_state.momentum[p])
                 for p, v in new_rule_state.momentum.items()})
-        self.fm.assign_params(new_params)
-        for p, buffer in self.momentum_buffers.items():
-            buffer.assign(new_rule_state.momentum[p])
-        self.fm.assign_state(state)
-        self.step.assign_add(1)
+        # Every replica holds the same values: assigned without another all-reduce.
+        paths = list(new_params)
+        replicas.assign_synced([self.fm.variables_by_path[p] for p in paths],
+                               [new_params[p] for p in paths])
+        momentum = list(self.momentum_buffers)
+        replicas.assign_synced([self.momentum_buffers[p] for p in momentum],
+                               [new_rule_state.momentum[p] for p in momentum])
+        replicas.assign_synced([self.fm.state_variables_by_path[p] for p in state],
+                               list(state.values()))
+        replicas.assign_synced([self.step], [step + 1])
         return {
             "loss": metrics[0],
             "accuracy": metrics[1],
