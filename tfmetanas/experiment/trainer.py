@@ -18,7 +18,7 @@ from tfmetanas import data as data_lib
 from tfmetanas import errors
 from tfmetanas.experiment import distribute, evaluation
 from tfmetanas.experiment import workdir as workdir_lib
-from tfmetanas.meta import algorithms
+from tfmetanas.meta import algorithms, replicas
 from tfmetanas.models import params as params_lib
 from tfmetanas.models import zoo
 
@@ -200,13 +200,16 @@ def _train(config, workdir, strategy, chief, scratch):
 
     def make_step(options):
         def replica(tasks, iteration):
-            return algorithm.meta_learner.replica_step(tasks, iteration, **dict(options))
+            metrics = algorithm.meta_learner.replica_step(tasks, iteration, **dict(options))
+            # Replicas hold equally many tasks: the mean of their means is the
+            # mean over the global meta-batch. Reduced in the replica context
+            # (`strategy.reduce` refuses MultiWorkerMirroredStrategy's plain
+            # per-worker tensors), so every replica returns the same values.
+            return replicas.all_reduce_mean(metrics)
 
         def step_fn(tasks, iteration):
             per_replica = exp.strategy.run(replica, args=(tasks, iteration))
-            # Replicas hold equally many tasks: the mean of their means is the
-            # mean over the global meta-batch.
-            return exp.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+            return exp.strategy.experimental_local_results(per_replica)[0]
 
         return tf.function(step_fn, jit_compile=jit)
 
