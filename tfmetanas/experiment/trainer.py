@@ -180,7 +180,7 @@ def _train(config, workdir, strategy, chief, scratch):
     best = workdir_lib.checkpoint_manager(save_dir, exp.checkpoint, "best", max_to_keep=keep_best)
     if workdir_lib.has_checkpoint(workdir):
         path = workdir_lib.restore(workdir, exp.checkpoint, "latest")
-        logging.info("Resumed from %s at step %d.", path, int(exp.step))
+        logging.info("Resumed from %s at step %d.", path, int(exp.step.numpy()))
     start = int(exp.step.numpy())
     writers = workdir_lib.summary_writers(workdir) if chief else {"train": None, "eval": None}
 
