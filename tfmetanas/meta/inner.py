@@ -145,7 +145,7 @@ class TaskLearner:
         Under several replicas each replica carries the state through its own
         share of the meta-batch, from the same starting state, and the
         replicas' final states are averaged: not the single-device chain
-        through every task in order (docs/distributed.md).
+        through every task in order (README, "Several GPUs and machines").
         """
         if self.rule_state_variables is None:
             raise errors.ConfigError("This task learner keeps no persistent rule state.")
