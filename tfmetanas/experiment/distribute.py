@@ -178,8 +178,13 @@ def any_worker(strategy, flag):
     """True on every worker if `flag` is true on any (a collective: call it on all)."""
     if num_workers(strategy) == 1:
         return bool(flag)
-    value = strategy.run(lambda: tf.constant(1 if flag else 0, tf.int32))
-    return bool(int(strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None)))
+    def count(value):
+        # All-reduced in the replica context: `strategy.reduce` refuses the
+        # plain per-worker tensors of MultiWorkerMirroredStrategy.
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    value = strategy.run(count, args=(tf.constant(1.0 if flag else 0.0),))
+    return float(strategy.experimental_local_results(value)[0]) > 0
 
 
 class WorkerScratch:

@@ -271,7 +271,7 @@ def _train(config, workdir, strategy, chief, scratch):
                 f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
                 f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}"
             )
-            if config.train.get("progress", True):
+            if config.train.get("progress", True) and chief:
                 print(line, flush=True)
             else:
                 logging.info("%s", line)
