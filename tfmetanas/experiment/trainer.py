@@ -1,8 +1,10 @@
 """The meta-training loop: state, checkpoints, summaries, evaluation schedule.
 
 `train(config, workdir)` is what `tfmetanas-train` calls; tests call it
-directly. It reads top to bottom in phases: workdir, input pipeline, model and
-algorithm, checkpoint restore, step function, loop, final validation.
+directly. It reads top to bottom in phases: strategy and workdir, model and
+algorithm, checkpoint restore, input pipeline, step function, loop, final
+validation. The strategy is ``train.distribute`` (`distribute.make_strategy`);
+under several workers only the chief writes into the workdir.
 """
 
 import json
