@@ -1,0 +1,306 @@
+r"""Ranking study at CPU scale (SUMNAS, Ha et al., ICLR 2022, Table 4) on Omniglot.
+
+How well does a weight-sharing supernet rank NAS-Bench-201 cells? Three parts,
+each writing JSON under ``--out_dir`` (parts can run in parallel processes):
+
+1. ``reference``: ``--num_archs`` cells, sampled uniformly (``sn.sample_archs``
+   with ``search.rank.seed``, the same list the ``rank`` stage of
+   ``tfmetanas.search`` samples), each trained standalone from scratch on the
+   same data and image size as the supernets; one seed per call
+   (``reference_seed<S>.json``). Within a seed every cell starts from the same
+   initial weights and sees the same batches (common random numbers).
+2. ``supernet``: for each k in ``--k``, a supernet trained with SUMNAS with k
+   inner steps (k = 1 *is* FairNAS, tested in tests/nas/sumnas_test.py) for
+   ``--steps`` outer steps (the same batches for every k), then the ``rank``
+   stage: BN recalibration and validation accuracy of the same cells
+   (``supernet_k<K>_seed<S>/rank.json``), via ``tfmetanas.search.search``.
+3. ``table``: Kendall tau (Appendix B, tau-a; also tau-b) and Spearman rho of
+   every supernet against the reference accuracies averaged over reference
+   seeds, per strategy and seed, mean and spread; the agreement between
+   reference seeds; writes ``table.json`` and ``reference.json`` (the
+   averaged reference, usable as ``--config.search.rank.reference``).
+
+Data: Omniglot characters as one many-class classification task (the first
+``--num_classes`` characters of the Lake background split, drawers 1-15 for
+training, 16-20 for validation), resized to ``--image_size``.
+
+  export TFMETANAS_DATA_DIR=../shared/data TFMETANAS_CACHE_DIR=/tmp/cache
+  python tools/ranking_study.py reference --out_dir=/tmp/rank --seed=0
+  python tools/ranking_study.py reference --out_dir=/tmp/rank --seed=1
+  python tools/ranking_study.py supernet --out_dir=/tmp/rank --seed=0 --k=1,2,3,4
+  python tools/ranking_study.py supernet --out_dir=/tmp/rank --seed=1 --k=1,2,3,4
+  python tools/ranking_study.py table --out_dir=/tmp/rank
+"""
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def study_config(args, k=1, seed=0):
+    """The search config of the study (configs/nb201/sumnas.py + the study's sizes)."""
+    spec = importlib.util.spec_from_file_location(
+        "nb201_sumnas", os.path.join(ROOT, "configs", "nb201", "sumnas.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.source = "omniglot"
+    config.data.split_scheme = "lake"
+    config.data.image_size = args.image_size
+    config.data.num_classes = args.num_classes
+    config.data.val_per_class = args.val_per_class
+    config.model.channels = args.channels
+    config.model.cells_per_stage = args.cells_per_stage
+    config.train.strategy = "sumnas"  # k = 1 is FairNAS (module docstring)
+    config.train.inner_steps = k
+    config.train.seed = seed
+    config.train.steps = args.steps
+    config.train.batch_size = args.batch_size
+    config.train.log_every = 50
+    config.train.eval_every = args.steps
+    config.train.checkpoint_every = 200
+    config.search.rank.num_archs = args.num_archs
+    config.search.rank.seed = args.arch_seed
+    config.search.rank.calibration_batches = args.calibration_batches
+    config.search.rank.reference = "none"  # correlations are computed by `table`
+    return config
+
+
+def _data(config):
+    from tfmetanas.nas import supervised_data
+
+    # The arrays and the train/val split do not depend on the seed; only the
+    # batch stream (seeded per run below) does.
+    return supervised_data.SupervisedArrays(
+        supervised_data.load_class_arrays(config.data, 0), int(config.data.val_per_class),
+        seed=int(config.train.seed))
+
+
+class StandaloneTrainer:
+    """Trains single cells from scratch; one model and one traced step per seed.
+
+    The supernet is built once; every cell restarts from its initial values
+    (weights and BN statistics) and only its own path is used (``arch`` is a
+    tensor, so the step is traced once). SGD with momentum 0.9, weight decay
+    5e-4 and a cosine learning rate, as NAS-Bench-201 trains its cells.
+    """
+
+    def __init__(self, config, data, seed, steps, learning_rate):
+        import tensorflow as tf
+
+        from tfmetanas import search
+        from tfmetanas.meta import rules, sumnas
+        from tfmetanas.models import params as params_lib
+        from tfmetanas.nas import supernet as sn
+
+        tf.keras.utils.set_random_seed(seed)
+        self.tf, self.data, self.seed, self.steps = tf, data, int(seed), int(steps)
+        self.batch_size = int(config.train.batch_size)
+        self.model = search.SPACES.get("nb201")(config, data.num_classes, data.image_shape[-1])
+        self.fm = fm = params_lib.FunctionalModel(self.model)
+        self.initial = [v.numpy() for v in self.model.variables]
+        self.rule = rule = rules.SGD(sumnas.cosine_schedule(learning_rate, steps), momentum=0.9,
+                                     weight_decay=5e-4)
+        r = config.search.rank
+        self.evaluator = sn.SubmodelEvaluator(
+            self.model, data.calibration_batches(r.calibration_batches, r.calibration_batch_size),
+            data.val_images, data.val_labels, batch_size=r.eval_batch_size)
+
+        @tf.function
+        def step_fn(step, images, labels, arch, rule_state):
+            params = fm.params("weights")
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                logits, state = fm(params, None, images, training=True, arch=arch)
+                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True))
+            grads = tape.gradient(loss, params, unconnected_gradients="zero")
+            params, rule_state = rule.apply(step, grads, params, rule_state)
+            fm.assign_params(params)
+            fm.assign_state(state)
+            return loss, rule_state
+
+        self._step = step_fn
+
+    def run(self, arch):
+        """``{"accuracy", "accuracy_running_bn", "loss", "train_loss"}`` of `arch`."""
+        tf = self.tf
+        for v, value in zip(self.model.variables, self.initial):
+            v.assign(value)
+        rule_state = self.rule.init(self.fm.params("weights"))
+        arch_t = tf.constant(arch, tf.int32)
+        losses = []
+        for step in range(self.steps):
+            images, labels = self.data.batch(step + 100_000 * self.seed, self.batch_size)
+            loss, rule_state = self._step(tf.constant(step), images, labels, arch_t, rule_state)
+            if step >= self.steps - 50:
+                losses.append(float(loss))
+        running_accuracy, _ = self.evaluator.score(arch)  # running BN statistics
+        result = self.evaluator.evaluate(arch)  # recalibrated, as the supernet's sub-models
+        return {"accuracy": result["accuracy"], "loss": result["loss"],
+                "accuracy_running_bn": running_accuracy, "train_loss": float(np.mean(losses))}
+
+
+def _archs(config, num_layers=6, num_choices=5):
+    from tfmetanas.nas import supernet as sn
+
+    return sn.sample_archs(int(config.search.rank.num_archs), num_layers, num_choices,
+                           seed=int(config.search.rank.seed))
+
+
+def reference(args):
+    from tfmetanas.experiment import workdir as workdir_lib
+    from tfmetanas.nas import nb201
+
+    config = study_config(args, seed=args.seed)
+    data = _data(config)
+    trainer = StandaloneTrainer(config, data, args.seed, args.ref_steps, args.ref_learning_rate)
+    path = os.path.join(args.out_dir, f"reference_seed{args.seed}.json")
+    out = {"seed": args.seed, "steps": args.ref_steps, "learning_rate": args.ref_learning_rate,
+           "config": config.to_dict(), "archs": []}
+    if os.path.exists(path):  # resume after an interruption
+        with open(path) as f:
+            out["archs"] = json.load(f)["archs"]
+    done = {tuple(e["arch"]) for e in out["archs"]}
+    for arch in _archs(config):
+        arch = tuple(int(a) for a in arch)
+        if arch in done:
+            continue
+        start = time.time()
+        result = trainer.run(arch)
+        out["archs"].append({"arch": list(arch), "arch_string": nb201.arch_to_string(arch),
+                             "seconds": time.time() - start, **result})
+        workdir_lib.write_json_atomic(path, out)
+        print(f"reference seed {args.seed} {len(out['archs'])}/{args.num_archs} {arch} "
+              f"acc {result['accuracy']:.4f} ({time.time() - start:.0f} s)", flush=True)
+
+
+def supernet(args):
+    from tfmetanas import search
+
+    for k in [int(v) for v in args.k.split(",")]:
+        config = study_config(args, k=k, seed=args.seed)
+        workdir = os.path.join(args.out_dir, f"supernet_k{k}_seed{args.seed}")
+        start = time.time()
+        search.search(config, workdir, ["train", "rank"])
+        seconds = time.time() - start
+        with open(os.path.join(workdir, "timing.json"), "w") as f:
+            json.dump({"train_and_rank_seconds": seconds}, f)
+        print(f"supernet k={k} seed {args.seed}: {seconds:.0f} s", flush=True)
+
+
+def _corr(predicted, true):
+    from tfmetanas.nas import ranking
+
+    return ranking.correlations(predicted, true)
+
+
+def _stats(values):
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1
+            else 0.0, "min": float(values.min()), "max": float(values.max()),
+            "n": int(values.size)}
+
+
+def table(args):
+    from tfmetanas.experiment import workdir as workdir_lib
+
+    refs = []
+    for path in sorted(glob.glob(os.path.join(args.out_dir, "reference_seed*.json"))):
+        with open(path) as f:
+            refs.append(json.load(f))
+    if not refs:
+        raise SystemExit(f"No reference_seed*.json in {args.out_dir}.")
+    common = set.intersection(*[{tuple(e["arch"]) for e in r["archs"]} for r in refs])
+    archs = [tuple(e["arch"]) for e in refs[0]["archs"] if tuple(e["arch"]) in common]
+    per_seed = [{tuple(e["arch"]): e["accuracy"] for e in r["archs"]} for r in refs]
+    ref_matrix = np.array([[s[a] for a in archs] for s in per_seed])  # [seeds, archs]
+    ref_mean = ref_matrix.mean(0)
+    out = {"num_archs": len(archs), "reference_seeds": [r["seed"] for r in refs],
+           "reference": {"accuracy": _stats(ref_mean),
+                         "std_over_seeds_mean": float(ref_matrix.std(0, ddof=1).mean())
+                         if len(refs) > 1 else None,
+                         "seed_agreement": [
+                             {"seeds": [refs[i]["seed"], refs[j]["seed"]],
+                              **_corr(ref_matrix[i], ref_matrix[j])}
+                             for i in range(len(refs)) for j in range(i + 1, len(refs))]},
+           "runs": [], "summary": {}}
+    workdir_lib.write_json_atomic(os.path.join(args.out_dir, "reference.json"), {"archs": [
+        {"arch": list(a), "accuracies": ref_matrix[:, i].tolist(),
+         "accuracy_mean": float(ref_mean[i])} for i, a in enumerate(archs)]})
+    for path in sorted(glob.glob(os.path.join(args.out_dir, "supernet_k*_seed*", "rank.json"))):
+        name = os.path.basename(os.path.dirname(path))
+        k, seed = (int(v) for v in name[len("supernet_k"):].split("_seed"))
+        with open(path) as f:
+            predicted = {tuple(e["arch"]): e["accuracy"] for e in json.load(f)["archs"]}
+        pred = [predicted[a] for a in archs]
+        row = {"k": k, "seed": seed, "mean_predicted_accuracy": float(np.mean(pred)),
+               **_corr(pred, ref_mean),
+               "per_reference_seed_kendall_tau_a": [_corr(pred, m)["kendall_tau_a"]
+                                                    for m in ref_matrix]}
+        timing = os.path.join(os.path.dirname(path), "timing.json")
+        if os.path.exists(timing):
+            with open(timing) as f:
+                row["seconds"] = json.load(f)["train_and_rank_seconds"]
+        out["runs"].append(row)
+    for k in sorted({r["k"] for r in out["runs"]}):
+        rows = [r for r in out["runs"] if r["k"] == k]
+        out["summary"][f"k{k}"] = {key: _stats([r[key] for r in rows]) for key in
+                                   ("kendall_tau_a", "kendall_tau_b", "spearman_rho")}
+    workdir_lib.write_json_atomic(os.path.join(args.out_dir, "table.json"), out)
+    ref = out["reference"]
+    print(f"{len(archs)} cells, {len(refs)} reference seeds; reference accuracy "
+          f"{ref['accuracy']['min']:.3f}-{ref['accuracy']['max']:.3f} (mean "
+          f"{ref['accuracy']['mean']:.3f}); seed-to-seed std {ref['std_over_seeds_mean']}")
+    for agreement in ref["seed_agreement"]:
+        print(f"reference seeds {agreement['seeds']}: tau_a {agreement['kendall_tau_a']:.3f} "
+              f"rho {agreement['spearman_rho']:.3f}")
+    print(f"{'strategy':>10} {'seed':>4} {'tau_a':>7} {'tau_b':>7} {'rho':>7}")
+    for r in sorted(out["runs"], key=lambda r: (r["k"], r["seed"])):
+        name = "FairNAS" if r["k"] == 1 else f"SUMNAS k={r['k']}"
+        print(f"{name:>10} {r['seed']:>4} {r['kendall_tau_a']:>7.3f} {r['kendall_tau_b']:>7.3f} "
+              f"{r['spearman_rho']:>7.3f}")
+    for key, s in out["summary"].items():
+        print(f"{key}: tau_a {s['kendall_tau_a']['mean']:.3f} ± {s['kendall_tau_a']['std']:.3f}, "
+              f"rho {s['spearman_rho']['mean']:.3f} ± {s['spearman_rho']['std']:.3f} "
+              f"(n={s['kendall_tau_a']['n']})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("reference", "supernet", "table"))
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--seed", type=int, default=0, help="reference/supernet seed")
+    parser.add_argument("--k", default="1,2,3,4", help="SUMNAS inner steps (1 = FairNAS)")
+    parser.add_argument("--num_archs", type=int, default=30)
+    parser.add_argument("--arch_seed", type=int, default=1, help="search.rank.seed")
+    parser.add_argument("--image_size", type=int, default=16)
+    parser.add_argument("--num_classes", type=int, default=200)
+    parser.add_argument("--val_per_class", type=int, default=5)
+    parser.add_argument("--channels", type=int, default=8, help="NB201 C")
+    parser.add_argument("--cells_per_stage", type=int, default=1, help="NB201 N")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1200, help="supernet outer steps")
+    parser.add_argument("--ref_steps", type=int, default=1200, help="standalone SGD steps")
+    parser.add_argument("--ref_learning_rate", type=float, default=0.05)
+    parser.add_argument("--calibration_batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="TF intra-op threads (0: TF's)")
+    args = parser.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.part != "table" and args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    {"reference": reference, "supernet": supernet, "table": table}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
