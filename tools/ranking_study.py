@@ -42,12 +42,16 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRATEGY_NAMES = {0: "FairNAS-own", 1: "FairNAS"}
 
 
 def study_config(args, k=1, seed=0):
     """The search config of the study (configs/nb201/sumnas.py + the study's sizes)."""
+    # k = 0: FairNAS with its own recipe (configs/nb201/fairnas.py: SGD lr
+    # 0.025, momentum 0.9, weight decay 5e-4) rather than SUMNAS' k = 1.
+    name = "fairnas" if k == 0 else "sumnas"
     spec = importlib.util.spec_from_file_location(
-        "nb201_sumnas", os.path.join(ROOT, "configs", "nb201", "sumnas.py"))
+        f"nb201_{name}", os.path.join(ROOT, "configs", "nb201", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
@@ -58,8 +62,8 @@ def study_config(args, k=1, seed=0):
     config.data.val_per_class = args.val_per_class
     config.model.channels = args.channels
     config.model.cells_per_stage = args.cells_per_stage
-    config.train.strategy = "sumnas"  # k = 1 is FairNAS (module docstring)
-    config.train.inner_steps = k
+    config.train.strategy = "fairnas" if k == 0 else "sumnas"  # k = 1 is FairNAS
+    config.train.inner_steps = max(k, 1)
     config.train.seed = seed
     config.train.steps = args.steps
     config.train.batch_size = args.batch_size
@@ -202,6 +206,21 @@ def _corr(predicted, true):
     return ranking.correlations(predicted, true)
 
 
+def connected(arch):
+    """Whether the cell's output node is reachable from its input through non-"none" edges.
+
+    Other cells output zeros: every such network is the same constant-cell
+    network (its accuracy comes from the reduction blocks and head alone).
+    """
+    from tfmetanas.nas import nb201
+
+    reachable = {0}
+    for (to, src), op in zip(nb201.EDGES, arch):
+        if nb201.OPS[op] != "none" and src in reachable:
+            reachable.add(to)
+    return 3 in reachable
+
+
 def _stats(values):
     values = np.asarray(values, np.float64)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1
@@ -223,7 +242,8 @@ def table(args):
     per_seed = [{tuple(e["arch"]): e["accuracy"] for e in r["archs"]} for r in refs]
     ref_matrix = np.array([[s[a] for a in archs] for s in per_seed])  # [seeds, archs]
     ref_mean = ref_matrix.mean(0)
-    out = {"num_archs": len(archs), "reference_seeds": [r["seed"] for r in refs],
+    out = {"num_archs": len(archs), "num_connected": sum(connected(a) for a in archs),
+           "reference_seeds": [r["seed"] for r in refs],
            "reference": {"accuracy": _stats(ref_mean),
                          "std_over_seeds_mean": float(ref_matrix.std(0, ddof=1).mean())
                          if len(refs) > 1 else None,
@@ -241,8 +261,10 @@ def table(args):
         with open(path) as f:
             predicted = {tuple(e["arch"]): e["accuracy"] for e in json.load(f)["archs"]}
         pred = [predicted[a] for a in archs]
+        keep = [i for i, a in enumerate(archs) if connected(a)]
         row = {"k": k, "seed": seed, "mean_predicted_accuracy": float(np.mean(pred)),
                **_corr(pred, ref_mean),
+               "connected_only": _corr(np.take(pred, keep), ref_mean[keep]),
                "per_reference_seed_kendall_tau_a": [_corr(pred, m)["kendall_tau_a"]
                                                     for m in ref_matrix]}
         timing = os.path.join(os.path.dirname(path), "timing.json")
@@ -262,11 +284,12 @@ def table(args):
     for agreement in ref["seed_agreement"]:
         print(f"reference seeds {agreement['seeds']}: tau_a {agreement['kendall_tau_a']:.3f} "
               f"rho {agreement['spearman_rho']:.3f}")
-    print(f"{'strategy':>10} {'seed':>4} {'tau_a':>7} {'tau_b':>7} {'rho':>7}")
+    print(f"{out['num_connected']} of {len(archs)} cells connect input to output")
+    print(f"{'strategy':>11} {'seed':>4} {'tau_a':>7} {'tau_b':>7} {'rho':>7} {'tau_a conn.':>11}")
     for r in sorted(out["runs"], key=lambda r: (r["k"], r["seed"])):
-        name = "FairNAS" if r["k"] == 1 else f"SUMNAS k={r['k']}"
-        print(f"{name:>10} {r['seed']:>4} {r['kendall_tau_a']:>7.3f} {r['kendall_tau_b']:>7.3f} "
-              f"{r['spearman_rho']:>7.3f}")
+        name = STRATEGY_NAMES.get(r["k"], f"SUMNAS k={r['k']}")
+        print(f"{name:>11} {r['seed']:>4} {r['kendall_tau_a']:>7.3f} {r['kendall_tau_b']:>7.3f} "
+              f"{r['spearman_rho']:>7.3f} {r['connected_only']['kendall_tau_a']:>11.3f}")
     for key, s in out["summary"].items():
         print(f"{key}: tau_a {s['kendall_tau_a']['mean']:.3f} ± {s['kendall_tau_a']['std']:.3f}, "
               f"rho {s['spearman_rho']['mean']:.3f} ± {s['spearman_rho']['std']:.3f} "
@@ -278,19 +301,20 @@ def main():
     parser.add_argument("part", choices=("reference", "supernet", "table"))
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--seed", type=int, default=0, help="reference/supernet seed")
-    parser.add_argument("--k", default="1,2,3,4", help="SUMNAS inner steps (1 = FairNAS)")
+    parser.add_argument("--k", default="1,2,3,4",
+                        help="SUMNAS inner steps (1 = FairNAS; 0 = FairNAS with its own recipe)")
     parser.add_argument("--num_archs", type=int, default=30)
     parser.add_argument("--arch_seed", type=int, default=1, help="search.rank.seed")
     parser.add_argument("--image_size", type=int, default=16)
-    parser.add_argument("--num_classes", type=int, default=200)
+    parser.add_argument("--num_classes", type=int, default=100)
     parser.add_argument("--val_per_class", type=int, default=5)
     parser.add_argument("--channels", type=int, default=8, help="NB201 C")
     parser.add_argument("--cells_per_stage", type=int, default=1, help="NB201 N")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=500, help="supernet outer steps")
-    parser.add_argument("--ref_steps", type=int, default=600, help="standalone SGD steps")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=400, help="supernet outer steps")
+    parser.add_argument("--ref_steps", type=int, default=400, help="standalone SGD steps")
     parser.add_argument("--ref_learning_rate", type=float, default=0.05)
-    parser.add_argument("--calibration_batches", type=int, default=8)
+    parser.add_argument("--calibration_batches", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (0: TF's)")
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
