@@ -42,14 +42,22 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATEGY_NAMES = {0: "FairNAS-own", 1: "FairNAS"}
+STRATEGY_NAMES = {"0": "FairNAS-own", "0sum": "FairNAS-own-sum", "1": "FairNAS"}
 
 
-def study_config(args, k=1, seed=0):
-    """The search config of the study (configs/nb201/sumnas.py + the study's sizes)."""
+def study_config(args, k="1", seed=0):
+    """The search config of the study (configs/nb201/sumnas.py + the study's sizes).
+
+    `k` is a variant label: "1".."4" SUMNAS inner steps (1 = FairNAS), "0"
+    FairNAS with its own recipe and averaged gradients, "0sum" the same with
+    summed gradients (PyTorch FairNAS accumulates the m backward passes).
+    """
+    fair = str(k).startswith("0")
+    reduction = "sum" if str(k).endswith("sum") else "mean"
+    k = 1 if fair else int(k)
     # k = 0: FairNAS with its own recipe (configs/nb201/fairnas.py: SGD lr
     # 0.025, momentum 0.9, weight decay 5e-4) rather than SUMNAS' k = 1.
-    name = "fairnas" if k == 0 else "sumnas"
+    name = "fairnas" if fair else "sumnas"
     spec = importlib.util.spec_from_file_location(
         f"nb201_{name}", os.path.join(ROOT, "configs", "nb201", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
@@ -62,8 +70,9 @@ def study_config(args, k=1, seed=0):
     config.data.val_per_class = args.val_per_class
     config.model.channels = args.channels
     config.model.cells_per_stage = args.cells_per_stage
-    config.train.strategy = "fairnas" if k == 0 else "sumnas"  # k = 1 is FairNAS
-    config.train.inner_steps = max(k, 1)
+    config.train.strategy = "fairnas" if fair else "sumnas"  # k = 1 is FairNAS
+    config.train.inner_steps = k
+    config.train.fair_reduction = reduction
     config.train.seed = seed
     config.train.steps = args.steps
     config.train.batch_size = args.batch_size
@@ -189,7 +198,7 @@ def reference(args):
 def supernet(args):
     from tfmetanas import search
 
-    for k in [int(v) for v in args.k.split(",")]:
+    for k in args.k.split(","):
         config = study_config(args, k=k, seed=args.seed)
         workdir = os.path.join(args.out_dir, f"supernet_k{k}_seed{args.seed}")
         start = time.time()
@@ -257,7 +266,8 @@ def table(args):
          "accuracy_mean": float(ref_mean[i])} for i, a in enumerate(archs)]})
     for path in sorted(glob.glob(os.path.join(args.out_dir, "supernet_k*_seed*", "rank.json"))):
         name = os.path.basename(os.path.dirname(path))
-        k, seed = (int(v) for v in name[len("supernet_k"):].split("_seed"))
+        k, seed = name[len("supernet_k"):].split("_seed")
+        seed = int(seed)
         with open(path) as f:
             predicted = {tuple(e["arch"]): e["accuracy"] for e in json.load(f)["archs"]}
         pred = [predicted[a] for a in archs]
@@ -272,7 +282,7 @@ def table(args):
             with open(timing) as f:
                 row["seconds"] = json.load(f)["train_and_rank_seconds"]
         out["runs"].append(row)
-    for k in sorted({r["k"] for r in out["runs"]}):
+    for k in sorted({r["k"] for r in out["runs"]}, key=lambda v: (len(v), v)):
         rows = [r for r in out["runs"] if r["k"] == k]
         out["summary"][f"k{k}"] = {key: _stats([r[key] for r in rows]) for key in
                                    ("kendall_tau_a", "kendall_tau_b", "spearman_rho")}
@@ -285,10 +295,10 @@ def table(args):
         print(f"reference seeds {agreement['seeds']}: tau_a {agreement['kendall_tau_a']:.3f} "
               f"rho {agreement['spearman_rho']:.3f}")
     print(f"{out['num_connected']} of {len(archs)} cells connect input to output")
-    print(f"{'strategy':>11} {'seed':>4} {'tau_a':>7} {'tau_b':>7} {'rho':>7} {'tau_a conn.':>11}")
-    for r in sorted(out["runs"], key=lambda r: (r["k"], r["seed"])):
+    print(f"{'strategy':>15} {'seed':>4} {'tau_a':>7} {'tau_b':>7} {'rho':>7} {'tau_a conn.':>11}")
+    for r in sorted(out["runs"], key=lambda r: (len(r["k"]) > 1, r["k"], r["seed"])):
         name = STRATEGY_NAMES.get(r["k"], f"SUMNAS k={r['k']}")
-        print(f"{name:>11} {r['seed']:>4} {r['kendall_tau_a']:>7.3f} {r['kendall_tau_b']:>7.3f} "
+        print(f"{name:>15} {r['seed']:>4} {r['kendall_tau_a']:>7.3f} {r['kendall_tau_b']:>7.3f} "
               f"{r['spearman_rho']:>7.3f} {r['connected_only']['kendall_tau_a']:>11.3f}")
     for key, s in out["summary"].items():
         print(f"{key}: tau_a {s['kendall_tau_a']['mean']:.3f} ± {s['kendall_tau_a']['std']:.3f}, "
@@ -302,7 +312,8 @@ def main():
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--seed", type=int, default=0, help="reference/supernet seed")
     parser.add_argument("--k", default="1,2,3,4",
-                        help="SUMNAS inner steps (1 = FairNAS; 0 = FairNAS with its own recipe)")
+                        help="SUMNAS inner steps (1 = FairNAS); 0 / 0sum: FairNAS with its own "
+                             "recipe, gradients averaged / summed")
     parser.add_argument("--num_archs", type=int, default=30)
     parser.add_argument("--arch_seed", type=int, default=1, help="search.rank.seed")
     parser.add_argument("--image_size", type=int, default=16)
