@@ -1,104 +1,517 @@
-r"""Milliseconds per meta-iteration, first-call compile time and peak memory.
+r"""Milliseconds per meta-iteration, compile time, peak memory and GFLOP/s of a config.
 
   python tools/benchmark.py --config=configs/omniglot/maml_5w1s.py \
-      [--meta_batch_size=8] [--jit=false,true] [--repeats=10] [--warmup=2] \
-      [--config.inner.steps=5 ...] [--out=FILE.json]
+      [--meta_batch_size=8] [--jit=false,true] [--order=second,first] \
+      [--phase=steady|warmup] [--mode=meta_step|meta_test] [--repeats=10] \
+      [--warmup=2] [--config.inner.steps=5 ...] [--out=FILE.json]
+  python tools/benchmark.py --all_bench --out=bench.json [--only=metanas]
+  python tools/benchmark.py --render=bench.json        # the docs/performance.md table
+  python tools/benchmark.py --config=... --profile_dir=DIR  # + op-level profile
 
-Runs the real meta-step of the config (the trainer's `tf.function`) on a
-fixed meta-batch of tasks from the config's data source, so data loading is
-excluded. For each `--jit` value it reports the first call (trace and
-compile), then median/min/max ms over `--repeats` calls after `--warmup`,
-and the peak resident memory of the process (Linux `ru_maxrss`). Each jit
-setting runs in a fresh subprocess so peak memory is per setting.
+Runs the real meta-step of the config (the trainer's step: the meta-learner's
+`replica_step` under one `tf.function`) on a fixed meta-batch of tasks from
+the config's data source, so data loading is excluded. For each measured
+setting (`--jit` x `--order`) a fresh subprocess reports:
+
+- the first call (trace and compile) in seconds, then median/min/max ms over
+  `--repeats` calls after `--warmup` untimed ones, and the CPU time per call
+  (user + system, all threads; less sensitive to other processes than wall
+  time);
+- the peak resident memory of the process (Linux `ru_maxrss`, read before
+  anything else is allocated);
+- the FLOPs of one call, counted on the traced graph by
+  `tfmetanas.graph_flops` (convolutions and matrix products, loops
+  multiplied out), and the achieved GFLOP/s at the median time;
+- the float32 matmul roofline of the machine measured in the same process
+  right after (best of a few `tf.linalg.matmul` of `--roofline_size` square
+  matrices), and the 1-minute load average before and after: the project
+  machine is shared, so every number is only as good as its load.
+
+Benchmark configs (`configs/bench/`, one per row of issue 9's table) carry a
+`bench` section: the row's name, the reference figures, the derivative
+orders to measure, the phase (`steady`: the options of the last training
+iteration, e.g. second order after MAML++'s DA and the architecture adapted
+after METANAS' warm-up; `warmup`: the options of iteration 0), the mode
+(`meta_step`, or `meta_test`: one task's meta-test adaptation,
+`Algorithm.test_adapt`, e.g. METANAS' 50+50 steps, pruning and scoring) and
+whether tasks come from random images of the config's shapes
+(`synthetic_data`, for mini-ImageNet shapes without the data set). The flags
+override the section. `--all_bench` runs every `configs/bench/*.py` (jit off,
+the section's orders) and writes one JSON; `--render` turns such a JSON into
+the markdown table of docs/performance.md.
 """
 
+import collections
+import glob
 import json
 import os
+import pickle
+import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, "configs", "bench")
+ORDERS = ("second", "first", "config")
+PHASES = ("steady", "warmup")
+MODES = ("meta_step", "meta_test")
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A training config.", lock_config=True)
 _BATCH = flags.DEFINE_integer("meta_batch_size", None, "Override meta.meta_batch_size.")
-_JIT = flags.DEFINE_list("jit", ["false", "true"], "jit_compile settings to measure.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed meta-iterations.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed meta-iterations after the first call.")
-_OUT = flags.DEFINE_string("out", None, "Append the JSON results to this file.")
-_SINGLE = flags.DEFINE_boolean("single", False, "Internal: measure one jit setting in-process.")
+_JIT = flags.DEFINE_list(
+    "jit",
+    None,
+    "jit_compile settings to measure (default: false,true; bench configs and --all_bench: false).",
+)
+_ORDER = flags.DEFINE_list(
+    "order",
+    None,
+    "Derivative orders to measure: second, first or config "
+    "(the phase's own; default: the bench section's orders, else config).",
+)
+_PHASE = flags.DEFINE_enum(
+    "phase",
+    None,
+    PHASES,
+    "Which iteration's step options (default: the bench section's, else steady).",
+)
+_MODE = flags.DEFINE_enum(
+    "mode", None, MODES, "What one timed call runs (default: the bench section's, else meta_step)."
+)
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after the first call.")
+_FLOPS = flags.DEFINE_boolean("flops", True, "Count the FLOPs of the traced step.")
+_ROOFLINE = flags.DEFINE_integer(
+    "roofline_size", 2048, "Side of the roofline's square matmul (0: skip)."
+)
+_OUT = flags.DEFINE_string("out", None, "Append JSON lines here (--all_bench: write one JSON).")
+_ALL = flags.DEFINE_boolean("all_bench", False, "Run every configs/bench/*.py row.")
+_ONLY = flags.DEFINE_list("only", None, "--all_bench: rows whose file name contains one of these.")
+_RENDER = flags.DEFINE_string("render", None, "Print the markdown table of an --all_bench JSON.")
+_PROFILE = flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "Also trace --profile_steps calls with the "
+    "TensorFlow profiler into this folder and print an op breakdown.",
+)
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 2, "Calls traced by --profile_dir.")
+_SINGLE = flags.DEFINE_string("single", None, "Internal: measure one setting (JSON) in-process.")
 
 
-def measure(config, jit):
+def _error(message):
+    from tfmetanas import errors
+
+    return errors.ConfigError(message)
+
+
+def bench_section(config):
+    """The config's `bench` section as a dict (empty for ordinary configs)."""
+    section = config.get("bench", None)
+    return section.to_dict() if section is not None else {}
+
+
+def load_average():
+    return round(os.getloadavg()[0], 2)
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def matmul_roofline(size=2048, repeats=5):
+    """Float32 GFLOP/s of `tf.linalg.matmul` on square matrices: (best, median)."""
     import tensorflow as tf
 
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    tf.linalg.matmul(a, b).numpy()  # warm-up: thread pools, oneDNN primitives
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        times.append(time.perf_counter() - t)
+    flops = 2.0 * size**3
+    return round(flops / min(times) / 1e9, 1), round(flops / statistics.median(times) / 1e9, 1)
+
+
+def _write_synthetic_miniimagenet(config, folder):
+    """Random-pixel mini-ImageNet pickles with enough classes/images for the config's tasks."""
+    import numpy as np
+
+    shots = max(int(config.data.shots), int(config.data.get("train_shots", 0) or 0))
+    per_class = shots + int(config.data.queries)
+    classes = int(config.data.ways) + 1
+    rng = np.random.default_rng(0)
+    size = int(config.data.image_size)
+    for split in ("train", "val", "test"):
+        images = rng.integers(0, 256, (classes * per_class, size, size, 3), dtype=np.uint8)
+        class_dict = {
+            f"n{c:08d}": list(range(c * per_class, (c + 1) * per_class)) for c in range(classes)
+        }
+        with open(os.path.join(folder, f"mini-imagenet-cache-{split}.pkl"), "wb") as f:
+            pickle.dump({"image_data": images, "class_dict": class_dict}, f)
+
+
+def _synthetic_data(config, folder):
+    if config.data.source != "miniimagenet":
+        raise _error(
+            f"bench.synthetic_data is implemented for data.source='miniimagenet', got "
+            f"{config.data.source!r}; use the real data set or the glyphs source."
+        )
+    _write_synthetic_miniimagenet(config, folder)
+    with config.unlocked():
+        config.data.root = folder
+
+
+def _op_breakdown(logdir, top=30):
+    """Total time per TensorFlow op type in the profiler traces under `logdir`.
+
+    Reads the XPlane protos the profiler writes: on the host plane the
+    executor records one event per op kernel, named "op_name:OpType"
+    (oneDNN kernels as "_MklNativeConv2D" etc.). Function-call and
+    control-flow ops, whose events contain their body's, are skipped. Ops run
+    on two inter-op threads, so the sum can exceed wall time; shares are of
+    the summed op time.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    skip = {
+        "PartitionedCall",
+        "StatefulPartitionedCall",
+        "While",
+        "StatelessWhile",
+        "If",
+        "StatelessIf",
+    }
+    paths = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
+    per_type, count = collections.Counter(), collections.Counter()
+    for path in paths:
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    if ":" not in name or "::" in name:
+                        continue
+                    op_type = name.rsplit(":", 1)[1]
+                    if not op_type or op_type in skip or " " in name:  # eager/runtime events
+                        continue
+                    per_type[op_type] += event.duration_ps / 1e9  # ms
+                    count[op_type] += 1
+    total = sum(per_type.values()) or 1.0
+    return [
+        {"op": k, "ms": round(v, 1), "share": round(v / total, 3), "calls": count[k]}
+        for k, v in per_type.most_common(top)
+    ]
+
+
+def measure(config, setting):
+    """Times one setting in this process; returns the result dict."""
+    import tensorflow as tf
+
+    from tfmetanas import graph_flops
     from tfmetanas.experiment import trainer
 
+    jit, order = setting["jit"], setting["order"]
+    phase, mode = setting["phase"], setting["mode"]
+    scratch = tempfile.TemporaryDirectory()
     with config.unlocked():
         config.train.jit_compile = jit
-        if _BATCH.value:
-            config.meta.meta_batch_size = _BATCH.value
+        if setting.get("meta_batch_size"):
+            config.meta.meta_batch_size = int(setting["meta_batch_size"])
+        if order != "config":
+            config.meta.second_order = order == "second"
+            config.meta.first_order_until = 0
+    if setting.get("synthetic_data"):
+        _synthetic_data(config, scratch.name)
     trainer.check_xla(config, jit)
-    exp = trainer.Experiment(config, splits=("train",))
-    batch = int(config.meta.meta_batch_size)
-    tasks = next(iter(exp.sources["train"].dataset(0, batch)))
+    split = "test" if mode == "meta_test" else "train"
+    exp = trainer.Experiment(config, splits=(split,))
     algorithm = exp.algorithm
-    # The steady-state step: the options of the last iteration (second order
-    # after MAML++'s DA, architecture adapted after METANAS' warm-up).
-    options = algorithm.step_options(max(int(config.train.steps) - 1, 0))
-    second_order = options["second_order"]
+    batch = 1 if mode == "meta_test" else int(config.meta.meta_batch_size)
+    source = exp.sources[split]
+    if mode == "meta_test":
+        tasks = next(iter(source.eval_dataset(1, 1)))
+        task = {k: v[0] for k, v in tasks.items()}
 
-    @tf.function(jit_compile=jit)
-    def step(tasks, iteration):
-        return algorithm.meta_learner.replica_step(tasks, iteration, **options)
+        @tf.function(jit_compile=jit)
+        def step(task):
+            result = algorithm.test_adapt(task)
+            return {"meta/loss": result.query_losses[-1]}
 
+        args = (task,)
+        call = lambda i: step(task)  # noqa: E731
+        inner_steps = algorithm.eval_steps
+        second_order = False
+    else:
+        tasks = next(iter(source.dataset(0, batch)))
+        iteration = 0 if phase == "warmup" else max(int(config.train.steps) - 1, 0)
+        options = algorithm.step_options(iteration)
+        if order != "config":
+            options["second_order"] = order == "second"
+        second_order = bool(options["second_order"])
+
+        @tf.function(jit_compile=jit)
+        def step(tasks, iteration):
+            return algorithm.meta_learner.replica_step(tasks, iteration, **options)
+
+        args = (tasks, tf.constant(0, tf.int64))
+        call = lambda i: step(tasks, tf.constant(i, tf.int64))  # noqa: E731
+        inner_steps = algorithm.learner.inner_steps
+
+    load_before = load_average()
     t = time.perf_counter()
-    float(step(tasks, tf.constant(0, tf.int64))["meta/loss"])
+    float(call(0)["meta/loss"])
     first = time.perf_counter() - t
     for i in range(_WARMUP.value):
-        float(step(tasks, tf.constant(i + 1, tf.int64))["meta/loss"])
+        float(call(i + 1)["meta/loss"])
     times = []
+    cpu_before = _cpu_seconds()
     for i in range(_REPEATS.value):
         t = time.perf_counter()
-        float(step(tasks, tf.constant(i + 1, tf.int64))["meta/loss"])
+        float(call(i + 1)["meta/loss"])
         times.append((time.perf_counter() - t) * 1000.0)
-    return {
+    cpu_ms = (_cpu_seconds() - cpu_before) * 1000.0 / max(len(times), 1)
+    # ru_maxrss only grows: read it before the FLOP count and the roofline allocate.
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    load_after = load_average()
+    median = statistics.median(times)
+    result = {
+        "mode": mode,
+        "phase": phase,
+        "order": "second" if second_order else "first",
         "jit_compile": jit,
         "meta_batch_size": batch,
-        "inner_steps": algorithm.learner.inner_steps,
+        "inner_steps": int(inner_steps),
         "second_order": second_order,
         "first_call_s": round(first, 2),
-        "ms_median": round(statistics.median(times), 1),
+        "ms_median": round(median, 1),
         "ms_min": round(min(times), 1),
         "ms_max": round(max(times), 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "repeats": len(times),
+        # CPU time (user + system, all threads) per timed call: on a shared machine
+        # it moves much less with the load than wall time does.
+        "cpu_ms_per_call": round(cpu_ms, 1),
+        "peak_rss_mb": round(peak_rss, 1),
+        "load_avg_1m_before": load_before,
+        "load_avg_1m_after": load_after,
     }
+    if _FLOPS.value:
+        by_type = collections.Counter()
+        flops = graph_flops.function_flops(step, *args, by_type=by_type)
+        result["flops"] = int(flops)
+        result["gflop"] = round(flops / 1e9, 3)
+        result["gflops_achieved"] = round(flops / (median / 1000.0) / 1e9, 1)
+        result["gflop_by_op"] = {k: round(v / 1e9, 3) for k, v in by_type.most_common()}
+    if _ROOFLINE.value:
+        best, med = matmul_roofline(_ROOFLINE.value)
+        result["roofline_gflops"] = best
+        result["roofline_gflops_median"] = med
+        if "gflops_achieved" in result:
+            result["roofline_fraction"] = round(result["gflops_achieved"] / best, 3)
+    if _PROFILE.value:
+        logdir = os.path.join(_PROFILE.value, f"{mode}_{phase}_{result['order']}_jit{int(jit)}")
+        tf.profiler.experimental.start(logdir)
+        t = time.perf_counter()
+        for i in range(_PROFILE_STEPS.value):
+            float(call(i + 1)["meta/loss"])
+        traced_ms = (time.perf_counter() - t) * 1000.0 / max(_PROFILE_STEPS.value, 1)
+        tf.profiler.experimental.stop()
+        result["profile"] = {
+            "logdir": logdir,
+            "ms_per_call_traced": round(traced_ms, 1),
+            "ops": _op_breakdown(logdir),
+        }
+    scratch.cleanup()
+    return result
+
+
+def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batch_size=None):
+    """The (jit x order) settings to measure: flags first, then the bench section, then defaults."""
+    section = bench_section(config)
+    jits = jit or (["false"] if section else ["false", "true"])
+    orders = orders or list(section.get("orders", ("config",)))
+    for order in orders:
+        if order not in ORDERS:
+            raise _error(f"Unknown order {order!r}; valid: {', '.join(ORDERS)}.")
+    phase = phase or section.get("phase", "steady")
+    mode = mode or section.get("mode", "meta_step")
+    if phase not in PHASES or mode not in MODES:
+        raise _error(
+            f"phase must be one of {PHASES} and mode one of {MODES}, got {phase!r}, {mode!r}."
+        )
+    out = []
+    for j in jits:
+        for order in orders:
+            out.append(
+                {
+                    "jit": str(j).lower() == "true",
+                    "order": order,
+                    "phase": phase,
+                    "mode": mode,
+                    "meta_batch_size": meta_batch_size,
+                    "synthetic_data": bool(section.get("synthetic_data", False)),
+                }
+            )
+    return out
+
+
+def _config_args(argv):
+    """Command-line arguments passed through to the subprocess (config and its overrides)."""
+    own = ("--jit", "--out", "--order", "--all_bench", "--only", "--render", "--single")
+    return [a for a in argv if not any(a == o or a.startswith(o + "=") for o in own)]
+
+
+def run_setting(config_path, setting, extra_args):
+    """Runs one setting in a fresh subprocess (peak memory per setting); returns its result."""
+    args = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--config={config_path}",
+        *extra_args,
+        f"--single={json.dumps(setting)}",
+    ]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{config_path} {setting}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    result = json.loads(lines[-1][len("RESULT ") :])
+    result["config"] = os.path.relpath(os.path.abspath(config_path), ROOT)
+    return result
+
+
+def with_reference(result, section):
+    """Adds the row name, the reference figures and ours/reference ratios."""
+    reference = section.get("reference", {})
+    result["row"] = section.get("row", result["config"])
+    ref_ms = reference.get(f"{result['order']}_order_ms")
+    ref_rss = reference.get("peak_rss_mb")
+    result["reference_ms"] = ref_ms
+    result["reference_peak_rss_mb"] = ref_rss
+    result["speedup"] = round(ref_ms / result["ms_median"], 2) if ref_ms else None
+    result["rss_ratio"] = round(result["peak_rss_mb"] / ref_rss, 2) if ref_rss else None
+    return result
+
+
+def machine():
+    return {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def all_bench(only=None):
+    """Runs every configs/bench row; returns the JSON document."""
+    from tfmetanas.experiment.defaults import sibling_config
+
+    paths = sorted(glob.glob(os.path.join(BENCH_DIR, "*.py")))
+    if only:
+        paths = [p for p in paths if any(o in os.path.basename(p) for o in only)]
+        if not paths:
+            raise _error(f"--only={','.join(only)} matches no file in {BENCH_DIR}.")
+    passthrough = [a for a in _config_args(sys.argv[1:]) if not a.startswith("--config")]
+    doc = {"machine": machine(), "results": []}
+    for path in paths:
+        config = sibling_config(path, os.path.basename(path))
+        section = bench_section(config)
+        for setting in settings_for(config, jit=_JIT.value):
+            result = run_setting(os.path.relpath(path, ROOT), setting, passthrough)
+            if result is None:
+                result = {
+                    "config": os.path.relpath(path, ROOT),
+                    "order": setting["order"],
+                    "failed": True,
+                }
+                result["row"] = section.get("row", result["config"])
+            else:
+                with_reference(result, section)
+            doc["results"].append(result)
+            print(json.dumps(result), flush=True)
+            if _OUT.value:  # rewritten after every row: a long run leaves partial results
+                with open(_OUT.value, "w") as f:
+                    json.dump(doc, f, indent=1)
+    return doc
+
+
+def _fmt(value, spec="{:,.0f}", missing="—"):
+    return missing if value is None else spec.format(value)
+
+
+def render_table(doc):
+    """The markdown table of an --all_bench JSON document (docs/performance.md)."""
+    lines = [
+        "| reference run | order | reference | ours: median (min-max) | speedup | first call "
+        "| peak RSS: ref / ours | GFLOP per call | GFLOP/s (of roofline) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        if r.get("failed"):
+            lines.append(f"| {r['row']} | {r['order']} | | failed | | | | | | |")
+            continue
+        ours = f"{r['ms_median']:,.0f} ({r['ms_min']:,.0f}-{r['ms_max']:,.0f}) ms"
+        speedup = _fmt(r.get("speedup"), "**{:.2f}x**")
+        rss = f"{_fmt(r.get('reference_peak_rss_mb'))} / {r['peak_rss_mb']:,.0f} MB"
+        gflops = "—"
+        if r.get("gflops_achieved") is not None:
+            gflops = f"{r['gflops_achieved']:.1f}"
+            if r.get("roofline_gflops"):
+                gflops += f" ({r['gflops_achieved'] / r['roofline_gflops']:.0%} of "
+                gflops += f"{r['roofline_gflops']:.0f})"
+        load = f"{r['load_avg_1m_before']:.1f}-{r['load_avg_1m_after']:.1f}"
+        lines.append(
+            f"| {r['row']} | {r['order']} | {_fmt(r.get('reference_ms'), '{:,.0f} ms')} | {ours} "
+            f"| {speedup} | {r['first_call_s']:.1f} s | {rss} | {_fmt(r.get('gflop'), '{:.1f}')} "
+            f"| {gflops} | {load} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    if _SINGLE.value:
-        result = measure(_CONFIG.value, _JIT.value[0].lower() == "true")
-        print("RESULT " + json.dumps(result))
+    if _RENDER.value:
+        with open(_RENDER.value) as f:
+            print(render_table(json.load(f)))
         return
+    if _ALL.value:
+        all_bench(_ONLY.value)
+        return
+    if _CONFIG.value is None:
+        raise app.UsageError("Pass --config, --all_bench or --render.")
+    config = _CONFIG.value
+    if _SINGLE.value:
+        result = measure(config, json.loads(_SINGLE.value))
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    config_path = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
+    section = bench_section(config)
+    extra = [a for a in _config_args(sys.argv[1:]) if not a.startswith("--config=")]
     results = []
-    for jit in _JIT.value:
-        args = [a for a in sys.argv[1:] if not a.startswith("--jit") and not a.startswith("--out")]
-        proc = subprocess.run(
-            [sys.executable, __file__, *args, f"--jit={jit}", "--single"],
-            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"jit={jit}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+    for setting in settings_for(
+        config, _JIT.value, _ORDER.value, _PHASE.value, _MODE.value, _BATCH.value
+    ):
+        result = run_setting(config_path, setting, extra)
+        if result is None:
             continue
-        result = json.loads(lines[-1][len("RESULT "):])
-        result["config"] = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
+        if section:
+            with_reference(result, section)
         results.append(result)
-        print(json.dumps(result))
+        print(json.dumps(result), flush=True)
     if _OUT.value:
         with open(_OUT.value, "a") as f:
             for r in results:

@@ -156,12 +156,14 @@ def sibling_config(config_file, name):
 
     For budget variants of a paper config, e.g. in ``configs/omniglot/x_cpu.py``:
     ``config = sibling_config(__file__, "x.py")`` (config files are loaded by
-    path, so they cannot import each other as modules).
+    path, so they cannot import each other as modules). `name` may be a
+    relative path, e.g. ``"../omniglot/x.py"`` (the benchmark configs).
     """
     path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
     if not os.path.isfile(path):
         raise errors.ConfigError(f"No config file {path}.")
-    spec = importlib.util.spec_from_file_location(f"_tfmetanas_config_{name[:-3]}", path)
+    module_name = os.path.splitext(os.path.basename(path))[0]  # name may be "../x/y.py"
+    spec = importlib.util.spec_from_file_location(f"_tfmetanas_config_{module_name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()

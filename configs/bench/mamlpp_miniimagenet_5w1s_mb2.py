@@ -1,0 +1,28 @@
+r"""Benchmark row: MAML++ mini-ImageNet 5-way 1-shot, meta-batch 2 (issue 9).
+
+Reference (PyTorch MAML++ code, CPU build, 2 threads, this kind of 2-core
+machine): 6663 ms per meta-iteration second order, peak RSS 5871 MB (no
+first-order figure). Shapes and settings: `configs/miniimagenet/mamlpp_5w1s.py`
+unchanged (84x84x3, conv4 with 48 filters and max-pooling, 5 inner steps,
+15 queries per class, MSL, per-step BN, LSLR, meta-batch 2). mini-ImageNet is
+not needed: the benchmark draws tasks from random images of the same shapes
+(`bench.synthetic_data`), and the meta-step's cost does not depend on pixels.
+
+  python tools/benchmark.py --config=configs/bench/mamlpp_miniimagenet_5w1s_mb2.py
+"""
+
+from tfmetanas.experiment.defaults import sibling_config
+
+
+def get_config():
+    config = sibling_config(__file__, "../miniimagenet/mamlpp_5w1s.py")
+    config.meta.meta_batch_size = 2
+    config.bench = dict(
+        row="MAML++ mini-ImageNet 5-way 1-shot, meta-batch 2",
+        reference={"second_order_ms": 6663.0, "peak_rss_mb": 5871.0},
+        orders=("second",),  # derivative orders measured (one process each)
+        phase="steady",  # steady: options of the last iteration | warmup: of the first
+        mode="meta_step",  # meta_step | meta_test (one task's meta-test adaptation)
+        synthetic_data=True,  # random images of the config's shapes
+    )
+    return config

@@ -1,0 +1,147 @@
+"""tools/benchmark.py: the bench configs reproduce issue 9's rows; a run and the table render."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfmetanas.experiment.defaults import sibling_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(ROOT, "tools", "benchmark.py")
+BENCH = sorted(glob.glob(os.path.join(ROOT, "configs", "bench", "*.py")))
+
+# (file, meta-batch, ways, support shots in training, queries, image size, inner steps,
+#  reference ms by order) from the issue's table.
+ROWS = {
+    "mamlpp_omniglot_5w1s_mb8.py": (8, 5, 1, 1, 28, 5, {"second": 1357, "first": 653}),
+    "mamlpp_omniglot_20w1s_mb8.py": (8, 20, 1, 1, 28, 5, {"second": 3143, "first": 1714}),
+    "mamlpp_omniglot_20w1s_mb16.py": (16, 20, 1, 1, 28, 5, {"second": 6336, "first": 3483}),
+    "mamlpp_miniimagenet_5w1s_mb2.py": (2, 5, 1, 15, 84, 5, {"second": 6663}),
+    "mamlpp_miniimagenet_5w5s_mb2.py": (2, 5, 5, 15, 84, 5, {"second": 13230}),
+    "alfa_maml_miniimagenet_5w5s_mb2.py": (2, 5, 5, 15, 84, 5, {"second": 9204, "first": 4401}),
+    "metanas_omniglot_20w_warmup.py": (10, 20, 15, 1, 28, 5, {"first": 60600}),
+    "metanas_omniglot_20w_search.py": (10, 20, 15, 1, 28, 5, {"first": 104500}),
+    "metanas_omniglot_20w1s_metatest.py": (10, 20, 15, 1, 28, 5, {"first": 73700}),
+}
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def test_every_row_has_a_config():
+    assert sorted(os.path.basename(p) for p in BENCH) == sorted(ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_bench_config_shapes_match_the_issue(name):
+    config = sibling_config(os.path.join(ROOT, "configs", "bench", name), name)
+    batch, ways, shots, queries, size, steps, reference = ROWS[name]
+    assert int(config.meta.meta_batch_size) == batch
+    assert int(config.data.ways) == ways
+    assert int(config.data.get("train_shots", 0) or config.data.shots) == shots
+    assert int(config.data.queries) == queries
+    assert int(config.data.image_size) == size
+    assert int(config.inner.steps) == steps
+    assert tuple(config.bench.orders) == tuple(reference)
+    for order, ms in reference.items():
+        assert config.bench.reference[f"{order}_order_ms"] == ms
+    if name.startswith("mamlpp"):
+        assert config.inner.rule == "lslr" and config.meta.msl
+        assert config.model.bn.per_step_stats and config.model.bn.per_step_affine
+        assert int(config.model.filters) == (64 if "omniglot" in name else 48)
+    if name.startswith("alfa"):
+        assert config.inner.rule == "alfa" and int(config.model.filters) == 48
+    if name.startswith("metanas"):
+        darts = config.model.darts
+        assert int(darts.num_cells) == 4 and tuple(darts.reduction_cells) == (1, 3)
+        assert int(darts.num_nodes) == 3 and int(darts.channels) == 28 and int(darts.k) == 2
+        assert len(darts.primitives) == 7
+        assert int(config.inner.batch_size) == 20 and not config.meta.second_order
+        assert config.bench.phase == ("warmup" if "warmup" in name else "steady")
+        assert config.bench.mode == ("meta_test" if "metatest" in name else "meta_step")
+    if "metatest" in name:
+        assert int(config.data.shots) == 1
+        assert (config.metanas.eval_arch_steps, config.metanas.eval_weight_steps) == (50, 50)
+
+
+def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            TOOL,
+            f"--config={os.path.join(ROOT, 'configs', 'sinusoid', 'maml_5shot.py')}",
+            "--config.meta.meta_batch_size=2",
+            "--jit=false",
+            "--order=first",
+            "--repeats=2",
+            "--warmup=0",
+            "--roofline_size=128",
+            f"--out={out}",
+        ],
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=600,
+    )
+    (result,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result["order"] == "first" and result["meta_batch_size"] == 2
+    assert result["repeats"] == 2 and result["ms_min"] <= result["ms_median"] <= result["ms_max"]
+    assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
+    assert result["cpu_ms_per_call"] > 0
+    assert isinstance(result["load_avg_1m_before"], float)
+    # 1-40-40-1 MLP, 5 support and 5 query points, one inner step, first-order MAML:
+    # per example a forward pass is 2 * (40 + 1600 + 40) = 3,360 FLOPs, its backward pass
+    # 2 * 40 + 2 * (2 * 1600) + 2 * (2 * 40) = 6,640 (no dL/dx); the inner step is a forward
+    # and a backward pass on the support set, the query a forward and a backward pass.
+    assert result["flops"] == 2 * (5 + 5) * (3360 + 6640)
+    assert set(result["gflop_by_op"]) == {"MatMul"}
+
+
+def test_render_table(tmp_path):
+    doc = {
+        "machine": {},
+        "results": [
+            {
+                "row": "MAML++ Omniglot 5-way 1-shot, meta-batch 8",
+                "order": "second",
+                "reference_ms": 1357.0,
+                "ms_median": 678.5,
+                "ms_min": 600.0,
+                "ms_max": 700.0,
+                "speedup": 2.0,
+                "first_call_s": 9.3,
+                "reference_peak_rss_mb": 866.0,
+                "peak_rss_mb": 800.0,
+                "gflop": 40.0,
+                "gflops_achieved": 59.0,
+                "roofline_gflops": 67.0,
+                "load_avg_1m_before": 1.0,
+                "load_avg_1m_after": 1.2,
+            },
+            {"row": "METANAS ... meta-test", "order": "first", "failed": True},
+        ],
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    table = subprocess.run(
+        [sys.executable, TOOL, f"--render={path}"],
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| reference run | order | reference |")
+    assert lines[2] == (
+        "| MAML++ Omniglot 5-way 1-shot, meta-batch 8 | second | 1,357 ms | 678 (600-700) ms "
+        "| **2.00x** | 9.3 s | 866 / 800 MB | 40.0 | 59.0 (88% of 67) | 1.0-1.2 |"
+    )
+    assert "failed" in lines[3]
