@@ -18,7 +18,8 @@ setting (`--jit` x `--order`) a fresh subprocess reports:
   (user + system, all threads; less sensitive to other processes than wall
   time);
 - the peak resident memory of the process (Linux `ru_maxrss`, read before
-  anything else is allocated);
+  anything else is allocated), and the same before the first call (runtime,
+  data set and variables: the part the step does not cost);
 - the FLOPs of one call, counted on the traced graph by
   `tfmetanas.graph_flops` (convolutions and matrix products, loops
   multiplied out), and the achieved GFLOP/s at the median time;
@@ -269,6 +270,9 @@ def measure(config, setting):
         call = lambda i: step(tasks, tf.constant(i, tf.int64))  # noqa: E731
         inner_steps = algorithm.learner.inner_steps
 
+    # Peak memory before the first call: the TensorFlow runtime, the data set
+    # in memory and the variables, i.e. what the step itself does not cost.
+    setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     load_before = load_average()
     t = time.perf_counter()
     float(call(0)["meta/loss"])
@@ -303,6 +307,7 @@ def measure(config, setting):
         # it moves much less with the load than wall time does.
         "cpu_ms_per_call": round(cpu_ms, 1),
         "peak_rss_mb": round(peak_rss, 1),
+        "setup_rss_mb": round(setup_rss, 1),
         "load_avg_1m_before": load_before,
         "load_avg_1m_after": load_after,
     }

@@ -94,6 +94,7 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     assert result["repeats"] == 2 and result["ms_min"] <= result["ms_median"] <= result["ms_max"]
     assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
     assert result["cpu_ms_per_call"] > 0
+    assert 0 < result["setup_rss_mb"] <= result["peak_rss_mb"]
     assert isinstance(result["load_avg_1m_before"], float)
     # 1-40-40-1 MLP, 5 support and 5 query points, one inner step, first-order MAML:
     # per example a forward pass is 2 * (40 + 1600 + 40) = 3,360 FLOPs, its backward pass
