@@ -126,21 +126,7 @@ class StandaloneTrainer:
             self.model, data.calibration_batches(r.calibration_batches, r.calibration_batch_size),
             data.val_images, data.val_labels, batch_size=r.eval_batch_size)
 
-        @tf.function
-        def step_fn(step, images, labels, arch, rule_state):
-            params = fm.params("weights")
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                logits, state = fm(params, None, images, training=True, arch=arch)
-                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-                    labels, logits, from_logits=True))
-            grads = tape.gradient(loss, params, unconnected_gradients="zero")
-            params, rule_state = rule.apply(step, grads, params, rule_state)
-            fm.assign_params(params)
-            fm.assign_state(state)
-            return loss, rule_state
-
-        self._step = step_fn
+        self._step = sn.fixed_arch_train_step(fm, rule)
 
     def run(self, arch):
         """``{"accuracy", "accuracy_running_bn", "loss", "train_loss"}`` of `arch`."""

@@ -42,24 +42,12 @@ def train_standalone(config, data, arch, seed, steps, learning_rate):
                                   momentum=0.9, weight_decay=5e-4).outer_rule
     arch_t = tf.constant(arch, tf.int32)
 
-    @tf.function
-    def step_fn(step, images, labels, rule_state):
-        params = fm.params("weights")
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            logits, state = fm(params, None, images, training=True, arch=arch_t)
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True))
-        grads = tape.gradient(loss, params, unconnected_gradients="zero")
-        params, rule_state = rule.apply(step, grads, params, rule_state)
-        fm.assign_params(params)
-        fm.assign_state(state)
-        return rule_state
+    step_fn = sn.fixed_arch_train_step(fm, rule)
 
     rule_state = rule.init(fm.params("weights"))
     for step in range(steps):
         images, labels = data.batch(step + 1000 * seed, int(config.train.batch_size))
-        rule_state = step_fn(tf.constant(step), images, labels, rule_state)
+        _, rule_state = step_fn(tf.constant(step), images, labels, arch_t, rule_state)
     evaluator = sn.SubmodelEvaluator(model, [], data.val_images, data.val_labels)
     return evaluator.score(arch)[0]  # running BN statistics of the standalone run
 

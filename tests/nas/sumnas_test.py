@@ -134,3 +134,30 @@ def test_sumnas_reptile_aggregation_formula():
 def test_bad_strategy():
     with pytest.raises(errors.ConfigError, match="valid"):
         sumnas.SupernetTrainer(_toy(), "darts", learning_rate=1.0, total_steps=1)
+
+
+def test_fixed_arch_train_step_is_plain_sgd_on_the_chosen_path():
+    from tfmetanas.meta import rules
+    from tfmetanas.models import params as params_lib
+
+    model = _toy()
+    fm = params_lib.FunctionalModel(model)
+    rule = rules.SGD(0.1)
+    step = sn.fixed_arch_train_step(fm, rule)
+    arch = tf.constant([1, 2, 0], tf.int32)
+    before = fm.params("weights")
+    with tf.GradientTape() as tape:
+        tape.watch(before)
+        logits, _ = fm(before, None, X, training=True, arch=arch)
+        expected_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            Y, logits, from_logits=True))
+    grads = tape.gradient(expected_loss, before, unconnected_gradients="zero")
+    loss, _ = step(tf.constant(0), X, Y, arch, rule.init(before))
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-5)
+    after = fm.params("weights")
+    for p in before:
+        np.testing.assert_allclose(after[p].numpy(), (before[p] - 0.1 * grads[p]).numpy(), atol=1e-6)
+    for p, (layer, choice) in model.candidate_variables().items():
+        if p in before:
+            changed = not np.array_equal(before[p].numpy(), after[p].numpy())
+            assert changed == (arch.numpy()[layer] == choice), p

@@ -370,6 +370,33 @@ def sample_archs(num_archs, num_layers, num_choices, seed):
 # --------------------------------------------------------------------------
 
 
+def fixed_arch_train_step(fm, rule):
+    """A `tf.function` training the weights of `fm` on one sub-model per call.
+
+    ``step(step, images, labels, arch, rule_state) -> (loss, rule_state)``:
+    cross-entropy of the sub-model `arch` (an int tensor, so one trace serves
+    every architecture), one update of `rule` on the `weights` group, and the
+    new weights and BN statistics assigned to the model. Standalone training
+    of sampled architectures (ranking references) uses it.
+    """
+
+    @tf.function
+    def step(step, images, labels, arch, rule_state):
+        params = fm.params("weights")
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits, state = fm(params, None, images, training=True, arch=arch)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+        grads = tape.gradient(loss, params, unconnected_gradients="zero")
+        params, rule_state = rule.apply(step, grads, params, rule_state)
+        fm.assign_params(params)
+        fm.assign_state(state)
+        return loss, rule_state
+
+    return step
+
+
 class SubmodelEvaluator:
     """Recalibrates BN statistics for a sub-model, then scores it on validation data.
 
