@@ -10,18 +10,15 @@ from random images of the same shapes (`bench.synthetic_data`).
   python tools/benchmark.py --config=configs/bench/alfa_maml_miniimagenet_5w5s_mb2.py
 """
 
-from tfmetanas.experiment.defaults import sibling_config
+from tfmetanas.experiment.defaults import bench_row, sibling_config
 
 
 def get_config():
     config = sibling_config(__file__, "../miniimagenet/alfa_maml_5w5s.py")
     config.meta.meta_batch_size = 2
-    config.bench = dict(
-        row="ALFA+MAML mini-ImageNet 5-way 5-shot, meta-batch 2",
-        reference={"second_order_ms": 9204.0, "first_order_ms": 4401.0, "peak_rss_mb": 4049.0},
-        orders=("second", "first"),  # derivative orders measured (one process each)
-        phase="steady",  # steady: options of the last iteration | warmup: of the first
-        mode="meta_step",  # meta_step | meta_test (one task's meta-test adaptation)
-        synthetic_data=True,  # random images of the config's shapes
+    config.bench = bench_row(
+        "ALFA+MAML mini-ImageNet 5-way 5-shot, meta-batch 2",
+        {"second_order_ms": 9204.0, "first_order_ms": 4401.0, "peak_rss_mb": 4049.0},
+        synthetic_data=True,
     )
     return config

@@ -11,18 +11,16 @@ not needed: the benchmark draws tasks from random images of the same shapes
   python tools/benchmark.py --config=configs/bench/mamlpp_miniimagenet_5w1s_mb2.py
 """
 
-from tfmetanas.experiment.defaults import sibling_config
+from tfmetanas.experiment.defaults import bench_row, sibling_config
 
 
 def get_config():
     config = sibling_config(__file__, "../miniimagenet/mamlpp_5w1s.py")
     config.meta.meta_batch_size = 2
-    config.bench = dict(
-        row="MAML++ mini-ImageNet 5-way 1-shot, meta-batch 2",
-        reference={"second_order_ms": 6663.0, "peak_rss_mb": 5871.0},
-        orders=("second",),  # derivative orders measured (one process each)
-        phase="steady",  # steady: options of the last iteration | warmup: of the first
-        mode="meta_step",  # meta_step | meta_test (one task's meta-test adaptation)
-        synthetic_data=True,  # random images of the config's shapes
+    config.bench = bench_row(
+        "MAML++ mini-ImageNet 5-way 1-shot, meta-batch 2",
+        {"second_order_ms": 6663.0, "peak_rss_mb": 5871.0},
+        orders=("second",),
+        synthetic_data=True,
     )
     return config

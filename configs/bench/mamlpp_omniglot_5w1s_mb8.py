@@ -11,18 +11,14 @@ meta-batch of real Omniglot tasks (data loading excluded).
   python tools/benchmark.py --config=configs/bench/mamlpp_omniglot_5w1s_mb8.py
 """
 
-from tfmetanas.experiment.defaults import sibling_config
+from tfmetanas.experiment.defaults import bench_row, sibling_config
 
 
 def get_config():
     config = sibling_config(__file__, "../omniglot/mamlpp_5w1s.py")
     config.meta.meta_batch_size = 8
-    config.bench = dict(
-        row="MAML++ Omniglot 5-way 1-shot, meta-batch 8",
-        reference={"second_order_ms": 1357.0, "first_order_ms": 653.0, "peak_rss_mb": 866.0},
-        orders=("second", "first"),  # derivative orders measured (one process each)
-        phase="steady",  # steady: options of the last iteration | warmup: of the first
-        mode="meta_step",  # meta_step | meta_test (one task's meta-test adaptation)
-        synthetic_data=False,  # True: random images of the config's shapes
+    config.bench = bench_row(
+        "MAML++ Omniglot 5-way 1-shot, meta-batch 8",
+        {"second_order_ms": 1357.0, "first_order_ms": 653.0, "peak_rss_mb": 866.0},
     )
     return config

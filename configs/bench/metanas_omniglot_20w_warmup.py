@@ -17,7 +17,7 @@ is an element-wise mask on cell edges, well under 1% of the step's FLOPs).
   python tools/benchmark.py --config=configs/bench/metanas_omniglot_20w_warmup.py
 """
 
-from tfmetanas.experiment.defaults import sibling_config
+from tfmetanas.experiment.defaults import bench_row, sibling_config
 
 
 def get_config():
@@ -28,12 +28,10 @@ def get_config():
     config.inner.steps = 5  # task steps in meta-training
     config.metanas.t_min = 0.05
     config.meta.meta_batch_size = 10
-    config.bench = dict(
-        row="METANAS Omniglot 20-way, meta-batch 10, warm-up phase (weights only)",
-        reference={"first_order_ms": 60600.0, "peak_rss_mb": 1405.0},
-        orders=("first",),  # Reptile: first order
-        phase="warmup",  # steady: options of the last iteration | warmup: of the first
-        mode="meta_step",  # meta_step | meta_test (one task's meta-test adaptation)
-        synthetic_data=False,  # real Omniglot ($TFMETANAS_DATA_DIR)
+    config.bench = bench_row(
+        "METANAS Omniglot 20-way, meta-batch 10, warm-up phase (weights only)",
+        {"first_order_ms": 60600.0, "peak_rss_mb": 1405.0},
+        orders=("first",),
+        phase="warmup",
     )
     return config

@@ -167,3 +167,20 @@ def sibling_config(config_file, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def bench_row(row, reference, *, orders=("second", "first"), phase="steady", mode="meta_step",
+              synthetic_data=False):
+    """The `bench` section of a `configs/bench/` config (read by tools/benchmark.py).
+
+    Args:
+      row: the row's name in the reference table (issue: performance).
+      reference: the reference figures, e.g. ``{"second_order_ms": ..., "first_order_ms":
+        ..., "peak_rss_mb": ...}``.
+      orders: derivative orders measured, one process each ("second", "first", "config").
+      phase: "steady" (the options of the last iteration) or "warmup" (of the first).
+      mode: "meta_step", or "meta_test" (one task's meta-test adaptation).
+      synthetic_data: random images of the config's shapes instead of the real data.
+    """
+    return dict(row=row, reference=dict(reference), orders=tuple(orders), phase=phase,
+                mode=mode, synthetic_data=bool(synthetic_data))
