@@ -1,16 +1,20 @@
 r"""Plots the most common task-specific cells of a METANAS evaluation.
 
-Reads a JSON-lines file with one object per adapted task, each with a
-``genotype`` key (a `Genotype.to_dict()`) and optionally ``num_params``, and
-writes to --out:
+Reads the ``genotypes_<split>.jsonl`` that `tfmetanas-evaluate` writes for a
+METANAS workdir: one object per adapted task with a ``genotype`` key (a
+`Genotype.to_dict()`) and the pruned network's parameter count ``params``,
+and a first line ``{"task": "meta", ...}`` with the meta-architecture. Writes
+to --out:
 
 - ``normal_top{i}.png`` / ``reduce_top{i}.png``: the most common normal and
   reduction cell structures (ops and inputs, ignoring weights), drawn with the
   weights of their first occurrence (METANAS Fig. 4);
 - ``cell_counts.json``: how often each drawn structure occurred;
-- ``param_histogram.png`` when lines carry ``num_params`` (METANAS Fig. 5).
+- ``meta_architecture.png``: the meta-architecture's pruned cells;
+- ``param_histogram.png``: the pruned parameter counts of the tasks (METANAS
+  Fig. 5).
 
-python tools/plot_cells.py --genotypes=/tmp/metanas/eval_genotypes.jsonl --out=/tmp/cells
+python tools/plot_cells.py --genotypes=/tmp/metanas/genotypes_test.jsonl --out=/tmp/cells
 """
 
 import collections
@@ -28,22 +32,32 @@ _TOP = flags.DEFINE_integer("top", 3, "How many of the most common cells to draw
 
 
 def read_genotypes(path):
-    """Returns ``(genotypes, param_counts)`` from a JSON-lines file."""
-    genotypes, counts = [], []
-    with open(path) as f:
+    """Returns ``(task_genotypes, param_counts, meta_genotype or None)``."""
+    genotypes, counts, meta = [], [], None
+    try:
+        f = open(path)
+    except OSError as e:
+        raise SystemExit(f"Cannot read {path}: {e.strerror}.") from None
+    with f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                genotypes.append(genotype_lib.Genotype.from_dict(record["genotype"]))
-            except (ValueError, KeyError, TypeError) as e:
+                g = genotype_lib.Genotype.from_dict(record["genotype"])
+                count = record.get("params")
+                count = None if count is None else int(count)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise SystemExit(f"{path}:{line_no}: not a genotype record ({e}).") from None
-            if "num_params" in record:
-                counts.append(int(record["num_params"]))
+            if record.get("task") == "meta":
+                meta = g
+                continue
+            genotypes.append(g)
+            if count is not None:
+                counts.append(count)
     if not genotypes:
-        raise SystemExit(f"{path} holds no genotypes.")
-    return genotypes, counts
+        raise SystemExit(f"{path} holds no task genotypes.")
+    return genotypes, counts, meta
 
 
 def plot_common_cells(genotypes, out_dir, top=3):
@@ -74,8 +88,11 @@ def main(argv):
     del argv
     if not _GENOTYPES.value or not _OUT.value:
         raise app.UsageError("--genotypes and --out are required.")
-    genotypes, counts = read_genotypes(_GENOTYPES.value)
+    genotypes, counts, meta = read_genotypes(_GENOTYPES.value)
     plot_common_cells(genotypes, _OUT.value, _TOP.value)
+    if meta is not None:
+        plotting.plot_genotype(meta, os.path.join(_OUT.value, "meta_architecture.png"),
+                               title="meta-architecture (pruned)")
     if counts:
         plotting.plot_size_histogram(counts, os.path.join(_OUT.value, "param_histogram.png"))
 
