@@ -1,6 +1,7 @@
 """Reptile's update against its formula; the no-meta-learning reference."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.meta import helpers
@@ -98,3 +99,42 @@ def test_persistent_state_needs_reptile():
     config.meta.algorithm = "maml"
     with np.testing.assert_raises(errors.ConfigError):
         algorithms.build_algorithm(config, helpers.tiny_conv(), "classification")
+
+
+def _compiled_reptile_run(while_loop, search=False):
+    """Variables and metrics after 2 compiled Reptile meta-steps."""
+    if search:
+        from tests.meta import metanas_test
+
+        fm = metanas_test.tiny_search(prune_threshold=0.0)
+        learner = metanas_test.tiny_metanas(fm).learner
+        step_sizes = {"weights": 1.0, "arch": 0.6}
+    else:
+        fm = helpers.tiny_conv(bn={"affine_group": "weights"})
+        # Adam carried across tasks, inner mini-batches of 4 of the 6 support images.
+        learner = inner.TaskLearner(fm, {"weights": rules.Adam(1e-2, beta1=0.0)}, 3,
+                                    batch_size=4, persistent_rule_state=True)
+        step_sizes = {"weights": 0.7}
+    meta = learners.Reptile(learner, step_sizes, while_loop=while_loop)
+    step = tf.function(lambda t, i: meta.replica_step(t, i))
+    metrics = [step(helpers.random_tasks(batch=2, seed=s), tf.constant(s)) for s in range(2)]
+    return ({v.path: v.numpy() for v in fm.variables()},
+            [float(m["meta/loss"]) for m in metrics], step)
+
+
+@pytest.mark.parametrize("search", [False, True], ids=["conv", "metanas"])
+def test_while_loop_inner_steps_equal_unrolled(search):
+    looped, loss_a, step_a = _compiled_reptile_run(True, search)
+    unrolled, loss_b, step_b = _compiled_reptile_run(False, search)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for path, value in unrolled.items():
+        np.testing.assert_allclose(looped[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+
+    # The graph holds one inner step in a loop instead of `inner.steps` copies.
+    def num_ops(step):
+        graph = step.get_concrete_function(helpers.random_tasks(batch=2),
+                                           tf.constant(0)).graph
+        return len(graph.as_graph_def(add_shapes=False).node) + sum(
+            len(f.node_def) for f in graph.as_graph_def().library.function)
+
+    assert num_ops(step_a) < num_ops(step_b)

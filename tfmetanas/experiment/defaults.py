@@ -67,6 +67,7 @@ def base_config():
     config.inner.lr = 0.4
     config.inner.batch_size = 0  # support examples per inner step (0: all; Reptile: 10)
     config.inner.persistent_state = False  # Reptile: carry the inner Adam state across tasks
+    config.inner.while_loop = True  # Reptile: inner steps in a tf.while_loop (False: unrolled)
     config.inner.adam_beta1 = 0.0
     config.inner.momentum = 0.0
     config.inner.weight_decay = 0.0

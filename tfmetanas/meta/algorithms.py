@@ -14,6 +14,7 @@ Config keys (units in brackets):
   inner.weight_decay     L2 weight decay of the inner rule
   inner.bn_mode          "transductive" | "running"
   inner.persistent_state keep the inner rule's state (Adam moments) across tasks
+  inner.while_loop       Reptile: inner steps in a tf.while_loop (True) or unrolled
                          (Reptile: as the Reptile code does)
   inner.alfa.layers      ALFA generator depth (3, the paper; the official code has 2)
   inner.alfa.init_beta   ALFA initial weight-decay post-multiplier beta0 (1.0)
@@ -268,7 +269,9 @@ def _reptile(config, learner, total_steps):
     meta = config.meta
     step_sizes = dict(_get(meta, "step_sizes", None) or {"weights": float(_get(meta, "lr", 1.0))})
     return learners.Reptile(
-        learner, {g: outer_schedule(meta, total_steps, lr) for g, lr in step_sizes.items()}
+        learner,
+        {g: outer_schedule(meta, total_steps, lr) for g, lr in step_sizes.items()},
+        while_loop=bool(_get(config.inner, "while_loop", True)),
     )
 
 

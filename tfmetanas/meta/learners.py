@@ -214,12 +214,16 @@ class Reptile(MetaLearner):
       learner: the `TaskLearner` (Adam with beta1 = 0 in the Reptile paper).
       step_sizes: ``{group: float or keras schedule}``, e.g. ``{"weights": 1.0,
         "arch": 0.6}`` for METANAS; groups absent here are not meta-learned.
+      while_loop: run each task's inner steps in a `tf.while_loop` (one traced
+        step instead of ``inner.steps`` copies: faster to compile, the same
+        numbers); False unrolls them in Python.
 
     References: arXiv:1803.02999 (Algorithm 2, batched version).
     """
 
-    def __init__(self, learner, step_sizes):
+    def __init__(self, learner, step_sizes, while_loop=True):
         super().__init__(learner)
+        self.while_loop = bool(while_loop)
         unknown = set(step_sizes) - set(learner.rules)
         if unknown:
             raise errors.ConfigError(
@@ -262,6 +266,7 @@ class Reptile(MetaLearner):
                 params=meta_params,
                 track_all_steps=False,
                 groups=adapt_groups,
+                use_while_loop=self.while_loop,
                 rule_states=rule_states if persistent else None,
             )
             param_sum = {p: param_sum[p] + result.params[p] for p in param_sum}
