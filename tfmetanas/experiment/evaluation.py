@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def ci95(values):
@@ -96,6 +97,10 @@ class Evaluator:
             per_task.append(metric.numpy())
             losses.append(loss.numpy())
             records.append(tf.nest.map_structure(lambda t: t.numpy(), record))
+            done = min(sum(len(m) for m in per_task), num_tasks)
+            logging.log_every_n_seconds(
+                logging.INFO, "Evaluated %d/%d tasks in %.0f s.", 60, done, num_tasks,
+                time.time() - start)
         per_task = np.concatenate(per_task)[:num_tasks]
         losses = np.concatenate(losses)[:num_tasks]
         self.records = {
