@@ -106,7 +106,7 @@ def base_config():
     config.train.checkpoint_every = 0  # 0: at every validation
     config.train.keep_best = 1  # best-by-validation checkpoints kept
     config.train.jit_compile = False
-    config.train.time_limit_minutes = 0.0  # wall-clock budget of this run (0: none)
+    config.train.time_limit_minutes = 0.0  # training-time budget, summed over resumptions (0: none)
     config.train.progress = True
     # Where the meta-batch runs (README "Several GPUs and machines"): none |
     # mirrored (local GPUs, or train.devices) | multi_worker (TF_CONFIG) | tpu.
