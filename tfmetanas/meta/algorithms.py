@@ -14,8 +14,8 @@ Config keys (units in brackets):
   inner.weight_decay     L2 weight decay of the inner rule
   inner.bn_mode          "transductive" | "running"
   inner.persistent_state keep the inner rule's state (Adam moments) across tasks
-  inner.while_loop       Reptile: inner steps in a tf.while_loop (True) or unrolled
                          (Reptile: as the Reptile code does)
+  inner.while_loop       Reptile: inner steps in a tf.while_loop (True) or unrolled
   inner.alfa.layers      ALFA generator depth (3, the paper; the official code has 2)
   inner.alfa.init_beta   ALFA initial weight-decay post-multiplier beta0 (1.0)
   meta.algorithm         "maml" | "reptile" | "none"
