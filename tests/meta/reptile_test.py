@@ -132,9 +132,8 @@ def test_while_loop_inner_steps_equal_unrolled(search):
 
     # The graph holds one inner step in a loop instead of `inner.steps` copies.
     def num_ops(step):
-        graph = step.get_concrete_function(helpers.random_tasks(batch=2),
-                                           tf.constant(0)).graph
-        return len(graph.as_graph_def(add_shapes=False).node) + sum(
-            len(f.node_def) for f in graph.as_graph_def().library.function)
+        graph_def = step.get_concrete_function(helpers.random_tasks(batch=2),
+                                               tf.constant(0)).graph.as_graph_def()
+        return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
 
     assert num_ops(step_a) < num_ops(step_b)
