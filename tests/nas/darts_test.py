@@ -183,12 +183,12 @@ def _instrument(net, counter):
             for op in edge.ops:
                 original = op.call
 
-                def call(x, training=False, original=original):
+                def call(x, training=False, memo=None, original=original):
                     if isinstance(counter, list):
                         counter.append(1)
                     else:
                         counter.assign_add(1)
-                    return original(x, training=training)
+                    return original(x, training=training, memo=memo)
 
                 op.call = call
 
@@ -201,7 +201,7 @@ def _expected_computed(net, params, tau):
 
 
 def test_soft_pruned_ops_are_not_computed_eager_and_graph(images):
-    net = make_net()
+    net = make_net(soft_prune="cond")
     fm = FunctionalModel(net)
     params = {**fm.params(), **sparse_arch(net, 1)}
     expected = _expected_computed(net, params, 0.01)
@@ -216,7 +216,7 @@ def test_soft_pruned_ops_are_not_computed_eager_and_graph(images):
     fm(params, fm.state(), images, training=True, temperature=1.0)
     assert len(calls) == total  # Nothing is below 0.01 at T = 1.
 
-    net2 = make_net()
+    net2 = make_net(soft_prune="cond")
     fm2 = FunctionalModel(net2)
     params2 = {**fm2.params(), **sparse_arch(net2, 1)}
     counter = tf.Variable(0)
@@ -224,6 +224,46 @@ def test_soft_pruned_ops_are_not_computed_eager_and_graph(images):
     run = tf.function(lambda p, t: fm2(p, fm2.state(), images, training=False, temperature=t))
     run(params2, tf.constant(0.01))
     assert int(counter.numpy()) == _expected_computed(net2, params2, 0.01)
+
+
+ALL_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_1x5_5x1", "conv_3x3",
+           "sep_conv_3x3", "dil_conv_3x3")
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_masked_soft_pruning_equals_skipping_ops_with_conds(size):
+    # The same function, BN statistics and gradients (weights and architecture)
+    # whether pruned ops are scaled by zero ("mask", sharing work between edges)
+    # or skipped ("cond"); every op type, odd and even sizes.
+    x = tf.random.stateless_normal((4, size, size, 1), seed=[3, 4])
+    results = {}
+    for mode in ("cond", "mask"):
+        net = make_net(soft_prune=mode, primitives=ALL_OPS, num_nodes=3)
+        if mode == "mask":
+            net.set_weights(results["cond"][0])
+        fm = FunctionalModel(net)
+        params = {**fm.params(), **sparse_arch(net, 1)}
+
+        @tf.function
+        def step(params, state, fm=fm):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                out, new_state = fm(params, state, x, training=True, temperature=0.01)
+                loss = tf.reduce_sum(tf.sin(out))
+            return out, new_state, tape.gradient(loss, params)
+
+        results[mode] = (net.get_weights(), *step(params, fm.state()))
+    _, out_c, state_c, grads_c = results["cond"]
+    _, out_m, state_m, grads_m = results["mask"]
+    tf.debugging.assert_near(out_m, out_c, atol=1e-5, rtol=1e-5)
+    moved = 0
+    for path in state_c:
+        tf.debugging.assert_near(state_m[path], state_c[path], atol=1e-6, rtol=1e-5)
+        moved += int(path.endswith("moving_mean") and bool(tf.reduce_any(state_c[path] != 0)))
+    assert 0 < moved < sum(p.endswith("moving_mean") for p in state_c)  # Some ops were pruned.
+    for path in grads_c:
+        # Round-off only: the shared ReLU/pooling/BN regroup sums (|g| up to ~1.5).
+        tf.debugging.assert_near(grads_m[path], grads_c[path], atol=5e-5, rtol=1e-4)
 
 
 # -- hard pruning and the discrete network --------------------------------------

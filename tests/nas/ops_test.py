@@ -58,6 +58,63 @@ def test_strided_dilated_conv_matches_symmetric_padding_reference():
     tf.debugging.assert_near(y, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [8, 9])
+def test_strided_dilated_depthwise_conv_is_the_conv_of_the_subsampled_input(size):
+    # The stride-2 dilation-2 path convolves x[::2, ::2]; reference: stride 1
+    # with dilation (symmetric padding 2), then subsampled.
+    conv = ops.DepthwiseConv(3, stride=2, dilation=2)
+    x = tf.random.normal((2, size, size, 3))
+    y = conv(x)
+    ref = tf.nn.depthwise_conv2d(x, conv.kernel.value, [1, 1, 1, 1], "SAME", dilations=[2, 2])
+    tf.debugging.assert_near(y, ref[:, ::2, ::2, :], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_factorized_reduce_reads_even_and_shifted_pixels(size):
+    op = ops.FactorizedReduce(4)
+    x = tf.random.normal((2, size, size, 3))
+    y = op(x, training=False)
+    r = tf.nn.relu(x)
+    shifted = tf.pad(r[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+    ref = tf.concat(
+        [tf.nn.conv2d(r[:, ::2, ::2, :], op.conv_1.kernel.value, 1, "SAME"),
+         tf.nn.conv2d(shifted[:, ::2, ::2, :], op.conv_2.kernel.value, 1, "SAME")], axis=-1)
+    tf.debugging.assert_near(y, op.bn(ref, training=False), atol=1e-5)
+
+
+def _bn_reference(x, epsilon=1e-5):
+    mean = tf.reduce_mean(x, axis=[0, 1, 2])
+    variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
+    return tf.nn.batch_normalization(x, mean, variance, None, None, epsilon), mean, variance
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(graph):
+    x = tf.random.stateless_normal((4, 5, 5, 3), seed=[1, 2]) * 2.0 + 1.0
+    v = tf.random.stateless_normal((4, 5, 5, 3), seed=[3, 4])
+
+    def derivatives(normalize, x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y, mean, variance = normalize(x)
+                # The statistics stay differentiable (through the ordinary ops).
+                loss = tf.reduce_sum(tf.sin(y) * v) + tf.reduce_sum(mean * variance)
+            g = inner.gradient(loss, x)
+            gv = tf.reduce_sum(g * v)
+        return y, g, outer.gradient(gv, x)
+
+    ours = lambda x: ops.normalize_batch(x, 1e-5)  # noqa: E731
+    if graph:
+        run = tf.function(derivatives, autograph=False)
+        got, want = run(ours, x), run(_bn_reference, x)
+    else:
+        got, want = derivatives(ours, x), derivatives(_bn_reference, x)
+    for a, b in zip(got, want):
+        tf.debugging.assert_near(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_batch_norm_updates_state_only_in_training():
     bn = ops.BatchNorm()
     x = tf.random.normal((8, 4, 4, 3)) * 3.0 + 1.0

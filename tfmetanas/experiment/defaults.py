@@ -56,6 +56,7 @@ def base_config():
     config.model.darts.sparsify = "ops_and_inputs"  # none | ops | ops_and_inputs
     config.model.darts.prune_threshold = 0.01  # soft pruning in the forward pass (0: off)
     config.model.darts.hard_threshold = 0.01  # hard pruning at the end of task learning
+    config.model.darts.soft_prune = "mask"  # mask: pruned ops scaled by 0 | cond: skipped by tf.cond
     config.model.darts.stem_multiplier = 3
     config.model.darts.reduction_channel_multiplier = 1  # 1: constant channel count
 

@@ -18,9 +18,13 @@ from tfmetanas import errors
 
 # Keys that may differ between a run and its resumption (they do not change
 # what the checkpoint holds).
-RESUMABLE_KEYS = ("train.steps", "inner.lr", "meta.lr", "train.eval_every", "train.log_every", "train.checkpoint_every",
-                  "eval.num_tasks", "eval.num_val_tasks", "inner.while_loop", "data.root", "train.jit_compile", "train.progress",
-                  "train.time_limit_minutes", "train.distribute", "train.devices", "train.tpu")
+RESUMABLE_KEYS = (
+    "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
+    "train.time_limit_minutes", "train.jit_compile", "train.progress",
+    "train.distribute", "train.devices", "train.tpu",
+    "inner.lr", "meta.lr", "inner.while_loop", "model.darts.soft_prune",
+    "eval.num_tasks", "eval.num_val_tasks", "data.root",
+)
 
 
 def _write_atomic(path, write):

@@ -62,6 +62,9 @@ from tfmetanas.nas.genotype import (
 )
 
 
+SOFT_PRUNE_MODES = ("mask", "cond")
+
+
 def mixing_weights(logits, temperature=1.0):
     """``softmax(logits / temperature)`` over the last axis (METANAS Eq. 5/7).
 
@@ -125,7 +128,8 @@ class MixedOp(keras.layers.Layer):
     def build(self, input_shape):
         del input_shape  # Sub-layers are built by the network's eager build pass.
 
-    def call(self, x, weights, threshold=None, training=False, coef=None, gate=None):
+    def call(self, x, weights, threshold=None, training=False, coef=None, gate=None,
+             soft_prune="mask", memo=None):
         """Mixes the ops with `weights` ``(num_ops,)``.
 
         Args:
@@ -136,6 +140,11 @@ class MixedOp(keras.layers.Layer):
           training: BN mode.
           coef: optional scalar multiplying the edge (summed subset weights).
           gate: optional boolean scalar; False skips the whole edge.
+          soft_prune: how ops below the threshold are left out: ``"mask"``
+            computes them and scales them by 0 (no BN update either), ``"cond"``
+            skips them with a `tf.cond` each (see `SearchNetwork`).
+          memo: an `ops.Memo` of `x`, sharing work with the other edges
+            reading it (not used with ``"cond"``, whose branches cannot share).
 
         Returns:
           ``coef * sum_o w_o * o(x)`` over the computed ops.
@@ -147,22 +156,28 @@ class MixedOp(keras.layers.Layer):
                 continue  # Contributes exactly zero: never computed.
             scale = weights[o] if coef is None else coef * weights[o]
 
-            def term(op=op, scale=scale):
-                return scale * op(x, training=training)
+            def term(op=op, scale=scale, memo=memo):
+                return scale * op(x, training=training, memo=memo)
 
             if thr is None and gate is None:
                 y = term()
+                out = y if out is None else out + y
+                continue
+            pred = weights[o] >= thr if thr is not None else gate
+            if thr is not None and gate is not None:
+                pred = tf.logical_and(pred, gate)
+            state = op.non_trainable_variables if training else ()
+            if soft_prune == "mask":
+                masked = tf.where(pred, scale, tf.zeros_like(scale))
+                y = ops_lib.run_masked(pred, lambda op=op, s=masked: term(op, s), state)
             else:
                 # One flat `tf.cond` per op (edge gate folded into the predicate):
                 # nested conds make second-order gradients very slow to build.
-                pred = weights[o] >= thr if thr is not None else gate
-                if thr is not None and gate is not None:
-                    pred = tf.logical_and(pred, gate)
                 y = ops_lib.run_if(
                     pred,
-                    term,
+                    lambda op=op, s=scale: term(op, s, None),
                     lambda: ops_lib.output_zeros(x, self.channels, self.stride),
-                    op.non_trainable_variables if training else (),
+                    state,
                 )
             out = y if out is None else out + y
         if out is None:
@@ -226,6 +241,7 @@ class SearchCell(keras.layers.Layer):
         threshold=None,
         training=False,
         edge_masks=None,
+        soft_prune="mask",
     ):
         """Runs the cell.
 
@@ -239,11 +255,15 @@ class SearchCell(keras.layers.Layer):
           edge_masks: hard pruning of the ``none``/``ops`` strategies: per
             node a boolean ``(j + 2,)`` mask of the kept inputs (each kept
             edge enters with coefficient 1, dropped ones are not computed).
+          soft_prune: ``"mask"`` or ``"cond"`` (see `MixedOp`).
 
         Returns:
           The concatenation of the intermediate nodes.
         """
         states = [self.preproc0(s0, training=training), self.preproc1(s1, training=training)]
+        # Work shared by the edges reading a state (ReLU, pooling, subsampling).
+        share = soft_prune == "mask" or threshold is None  # tf.cond branches cannot share.
+        memos = [ops_lib.Memo() if share else None for _ in range(self.num_nodes + 1)]
         e = 0
         for j in range(self.num_nodes):
             n_in = j + 2
@@ -274,6 +294,8 @@ class SearchCell(keras.layers.Layer):
                     training=training,
                     coef=None if coef is None else coef[i],
                     gate=None if gate is None or threshold is None else gate[i],
+                    soft_prune=soft_prune,
+                    memo=memos[i],
                 )
                 node = y if node is None else node + y
             states.append(node)
@@ -388,6 +410,14 @@ class SearchNetwork(_CellNetwork):
         constant; DARTS and the METANAS reference code use 2.
       hard_threshold: the hard-pruning threshold at the end of task learning
         (the paper: 0.01); ops and subsets below it are removed.
+      soft_prune: how soft pruning leaves ops out. ``"mask"`` (default)
+        computes every op and scales the pruned ones by zero, leaving their BN
+        statistics untouched: the same function and gradients as skipping
+        them, one flat graph in which the edges reading a state share its
+        ReLU, pooling and subsampling. ``"cond"`` skips each pruned op with its
+        own `tf.cond` (the reference code's behaviour): saves the pruned ops'
+        compute, at twice the trace time and graph memory, and a host
+        round trip per op on accelerators. docs/performance.md has both.
 
     Call: ``model(x, training=False, temperature=1.0, hard_prune=False)`` ->
     logits, with `x` NHWC float images; `temperature` a python float or scalar
@@ -414,6 +444,7 @@ class SearchNetwork(_CellNetwork):
         stem_multiplier=3,
         reduction_channel_multiplier=1,
         hard_threshold=0.01,
+        soft_prune="mask",
         name="search_network",
         **kwargs,
     ):
@@ -424,6 +455,10 @@ class SearchNetwork(_CellNetwork):
             )
         for p in primitives:
             ops_lib.OPERATIONS.get(p)  # Fails early listing the valid names.
+        if soft_prune not in SOFT_PRUNE_MODES:
+            raise errors.ConfigError(
+                f"Unknown soft_prune {soft_prune!r}; valid: {', '.join(SOFT_PRUNE_MODES)}."
+            )
         super().__init__(
             num_classes,
             channels,
@@ -440,6 +475,7 @@ class SearchNetwork(_CellNetwork):
         self.sparsify = sparsify
         self.prune_threshold = float(prune_threshold)
         self.hard_threshold = float(hard_threshold)
+        self.soft_prune = soft_prune
         use_subsets = sparsify == "ops_and_inputs"
         self.cells = [
             SearchCell(
@@ -583,6 +619,7 @@ class SearchNetwork(_CellNetwork):
                 threshold=threshold,
                 training=training,
                 edge_masks=edge_masks[kind],
+                soft_prune=self.soft_prune,
             )
             s0, s1 = s1, out
         return self._head(s1)

@@ -136,6 +136,32 @@ def run_if(pred, fn, zeros_like, state_variables=()):
     return out
 
 
+def run_masked(pred, fn, state_variables=()):
+    """``fn()``, with the state updates it makes through `assign_state` kept only if `pred`.
+
+    The companion of `run_if` for soft pruning by masking: the op is computed
+    either way (the caller scales its output by zero when `pred` is False), and
+    a pruned op leaves its BN statistics as they were, as if it had not run.
+
+    Args:
+      pred: scalar boolean tensor.
+      fn: zero-argument callable returning a tensor.
+      state_variables: the non-trainable variables `fn` may update.
+
+    Returns:
+      ``fn()``.
+    """
+    state_variables = list(state_variables)
+    with _collect_updates() as updates:
+        out = fn()
+    known = {id(v) for v in state_variables}
+    for v, value in updates:
+        if id(v) not in known:
+            raise RuntimeError("run_masked: fn updated state it did not declare.")
+        assign_state(v, tf.where(pred, value, v.value))
+    return out
+
+
 def output_zeros(x, channels, stride):
     """Zeros shaped like the output of a `stride` op on `x`."""
     shape = tf.shape(x)
@@ -180,21 +206,65 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False):
         if training:
-            # Not tf.nn.moments: it stops the gradient of the mean inside the
-            # variance, which is harmless at first order but makes
-            # second-order meta-gradients wrong.
-            mean = tf.reduce_mean(x, axis=[0, 1, 2])
-            variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
-            m = self.momentum
-            assign_state(self.moving_mean, m * self.moving_mean.value + (1.0 - m) * mean)
-            assign_state(
-                self.moving_variance, m * self.moving_variance.value + (1.0 - m) * variance
-            )
-        else:
-            mean, variance = self.moving_mean.value, self.moving_variance.value
+            y, mean, variance = normalize_batch(x, self.epsilon)
+            self.update_moving(mean, variance)
+            if self.affine:
+                y = y * self.gamma.value + self.beta.value
+            return y
         scale = self.gamma.value if self.affine else None
         offset = self.beta.value if self.affine else None
-        return tf.nn.batch_normalization(x, mean, variance, offset, scale, self.epsilon)
+        return tf.nn.batch_normalization(
+            x, self.moving_mean.value, self.moving_variance.value, offset, scale, self.epsilon
+        )
+
+    def update_moving(self, mean, variance):
+        """Moves the moving statistics towards a batch's `mean` and `variance`."""
+        m = self.momentum
+        assign_state(self.moving_mean, m * self.moving_mean.value + (1.0 - m) * mean)
+        assign_state(self.moving_variance, m * self.moving_variance.value + (1.0 - m) * variance)
+
+
+def normalize_batch(x, epsilon):
+    """``(x - mean) / sqrt(variance + epsilon)`` with the batch's statistics over N, H, W.
+
+    The gradient with respect to `x` is written out (the standard batch-norm
+    backward, ``inv * (dy - mean(dy) - y * mean(dy * y))``): three passes over
+    the activations instead of the dozen of the composed ops' autodiff, and
+    only `y` is kept for the backward pass. It is built from differentiable
+    ops, so second-order gradients (nested tapes) are exact as well.
+
+    Args:
+      x: NHWC activations.
+      epsilon: variance epsilon.
+
+    Returns:
+      ``(y, mean, variance)``: the normalised activations and the batch
+      statistics (biased variance), which stay differentiable through the
+      ordinary ops that computed them.
+    """
+    stats = []
+    axes = [0, 1, 2]
+
+    @tf.custom_gradient
+    def normalize(x):
+        # Not tf.nn.moments: it stops the gradient of the mean inside the
+        # variance, which would make the statistics' own gradients wrong.
+        mean = tf.reduce_mean(x, axis=axes)
+        centred = x - mean
+        variance = tf.reduce_mean(tf.square(centred), axis=axes)
+        inv = tf.math.rsqrt(variance + epsilon)
+        y = centred * inv
+        stats.extend([mean, variance])
+
+        def grad(dy):
+            mean_dy = tf.reduce_mean(dy, axis=axes)
+            mean_dy_y = tf.reduce_mean(dy * y, axis=axes)
+            return inv * (dy - mean_dy - y * mean_dy_y)
+
+        return y, grad
+
+    y = normalize(x)
+    return y, stats[0], stats[1]
 
 
 class Conv(keras.layers.Layer):
@@ -247,8 +317,15 @@ class DepthwiseConv(keras.layers.Layer):
         shape = (self.kernel_size, self.kernel_size, input_shape[-1], 1)
         self.kernel = add_param(self, "kernel", shape, _KERNEL_INIT, group="weights")
 
-    def call(self, x):
+    def call(self, x, memo=None):
         s = self.stride
+        if self.dilation > 1 and self.dilation == s == 2:
+            # A stride-2 dilation-2 'SAME' convolution only reads the even-even
+            # pixels (symmetric padding 2 = 1 on the subsampled grid): it is the
+            # undilated convolution at stride 1 of the subsampled input, with a
+            # quarter of the work and no strided-slice gradient.
+            x = subsample_even(x, memo)
+            return tf.nn.depthwise_conv2d(x, self.kernel.value, [1, 1, 1, 1], "SAME")
         if self.dilation > 1:
             # Atrous depthwise conv needs stride 1 in TF: compute, then subsample.
             y = tf.nn.depthwise_conv2d(
@@ -299,12 +376,21 @@ class Op(keras.layers.Layer):
         # this override Keras would build by symbolic tracing, nested per level.
         del input_shape
 
-    def call(self, x, training=False):
-        for layer in self.chain:
+    def call(self, x, training=False, memo=None):
+        """Applies the chain; `memo` shares work between ops reading the same `x`.
+
+        `memo` is a `Memo` owned by the caller for one input tensor (the
+        search cell keeps one per node state): the leading ReLU and the subsampled
+        inputs of strided ops are computed once for every op and edge reading
+        that state.
+        """
+        for i, layer in enumerate(self.chain):
             if layer == "relu":
-                x = tf.nn.relu(x)
+                x = relu(x, memo if i == 0 else None)
             elif isinstance(layer, BatchNorm):
                 x = layer(x, training=training)
+            elif isinstance(layer, DepthwiseConv) and i == 1:
+                x = layer(x, memo=memo)
             else:
                 x = layer(x)
         return x
@@ -313,16 +399,16 @@ class Op(keras.layers.Layer):
 class Zero(Op):
     """``none``: the zero operation (DARTS lets it express "no edge")."""
 
-    def call(self, x, training=False):
-        del training
+    def call(self, x, training=False, memo=None):
+        del training, memo
         return output_zeros(x, self.channels, self.stride)
 
 
 class Identity(Op):
     """``skip_connect`` on a stride-1 edge."""
 
-    def call(self, x, training=False):
-        del training
+    def call(self, x, training=False, memo=None):
+        del training, memo
         return tf.identity(x)
 
 
@@ -341,17 +427,69 @@ class FactorizedReduce(Op):
         super().__init__(channels, stride, **kwargs)
         if channels % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {channels}.")
-        self.conv_1 = Conv(channels // 2, 1, stride=2, name="conv_1")
-        self.conv_2 = Conv(channels // 2, 1, stride=2, name="conv_2")
+        # 1x1 convolutions of the subsampled inputs (`_even_odd`): stride 2 overall.
+        self.conv_1 = Conv(channels // 2, 1, name="conv_1")
+        self.conv_2 = Conv(channels // 2, 1, name="conv_2")
         self.bn = BatchNorm(affine=affine, name="bn")
 
-    def call(self, x, training=False):
-        x = tf.nn.relu(x)
-        # The second path is shifted by one pixel; pad bottom/right so odd and
-        # even sizes give ceil(H / 2) on both paths.
-        shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-        y = tf.concat([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+    def call(self, x, training=False, memo=None):
+        x = relu(x, memo)
+        # conv_1 reads the even-even pixels, conv_2 the odd-odd ones (the input
+        # shifted by one pixel, zero-padded at the bottom/right for odd sizes),
+        # so both paths give ceil(H / 2) x ceil(W / 2).
+        even, odd = _even_odd(x, memo)
+        y = tf.concat([self.conv_1(even), self.conv_2(odd)], axis=-1)
         return self.bn(y, training=training)
+
+
+class Memo:
+    """Trace-time cache of the work shared by the ops reading one tensor.
+
+    Not a dict: Keras rebuilds dict arguments of a layer call, which would
+    lose what the layer adds to it.
+    """
+
+    def __init__(self):
+        self._values = {}
+
+
+def _memoized(memo, key, fn):
+    """``memo``'s value for `key`, computed by `fn` on first use (no memo: ``fn()``)."""
+    if memo is None:
+        return fn()
+    if key not in memo._values:
+        memo._values[key] = fn()
+    return memo._values[key]
+
+
+def relu(x, memo=None):
+    """``relu(x)``, shared through `memo` by the ops of every edge reading `x`."""
+    return _memoized(memo, "relu", lambda: tf.nn.relu(x))
+
+
+def _even_odd(x, memo=None):
+    """``(x[:, ::2, ::2], x[:, 1::2, 1::2])``, the second zero-padded to the first's size.
+
+    One `space_to_depth` of `x` (zero-padded to even sizes) and a channel
+    split: the gradient is a permutation, not the strided-slice scatter of
+    ``x[:, ::2, ::2]``.
+    """
+
+    def compute():
+        c = x.shape[-1]
+        shape = tf.shape(x)
+        pad = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
+        blocks = tf.nn.space_to_depth(tf.pad(x, pad), 2)
+        even, _, odd = tf.split(blocks, [c, 2 * c, c], axis=-1)
+        return even, odd
+
+    key = ("even_odd", x.ref()) if memo is not None else None
+    return _memoized(memo, key, compute)
+
+
+def subsample_even(x, memo=None):
+    """``x[:, ::2, ::2]`` (see `_even_odd`)."""
+    return _even_odd(x, memo)[0]
 
 
 class Pool(Op):
@@ -362,9 +500,19 @@ class Pool(Op):
         self.kind = kind
         self.bn = BatchNorm(name="bn")
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, memo=None):
         pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
-        return self.bn(pool(x, 3, self.stride, "SAME"), training=training)
+        key = (self.kind, self.stride)
+        pooled = _memoized(memo, ("pool",) + key, lambda: pool(x, 3, self.stride, "SAME"))
+        if not training:
+            return self.bn(pooled, training=False)
+        # With batch statistics the (affine-free) BN output is the same for every
+        # edge pooling this input: normalise once, update each edge's statistics.
+        y, mean, variance = _memoized(
+            memo, ("pool_bn",) + key, lambda: normalize_batch(pooled, self.bn.epsilon)
+        )
+        self.bn.update_moving(mean, variance)
+        return y
 
 
 class ReLUConvBN(Op):
