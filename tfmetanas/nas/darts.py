@@ -61,7 +61,6 @@ from tfmetanas.nas.genotype import (
     input_subsets,
 )
 
-
 SOFT_PRUNE_MODES = ("mask", "cond")
 
 
