@@ -183,12 +183,12 @@ def _instrument(net, counter):
             for op in edge.ops:
                 original = op.call
 
-                def call(x, training=False, memo=None, original=original):
+                def call(x, training=False, memo=None, scale=None, original=original):
                     if isinstance(counter, list):
                         counter.append(1)
                     else:
                         counter.assign_add(1)
-                    return original(x, training=training, memo=memo)
+                    return original(x, training=training, memo=memo, scale=scale)
 
                 op.call = call
 

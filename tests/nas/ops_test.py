@@ -88,29 +88,39 @@ def _bn_reference(x, epsilon=1e-5):
     return tf.nn.batch_normalization(x, mean, variance, None, None, epsilon), mean, variance
 
 
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("graph", [False, True])
-def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(graph):
+def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(graph, scaled):
     x = tf.random.stateless_normal((4, 5, 5, 3), seed=[1, 2]) * 2.0 + 1.0
     v = tf.random.stateless_normal((4, 5, 5, 3), seed=[3, 4])
+    s = tf.constant(0.7)
 
-    def derivatives(normalize, x):
+    def derivatives(normalize, x, s):
         with tf.GradientTape() as outer:
-            outer.watch(x)
+            outer.watch([x, s])
             with tf.GradientTape() as inner:
-                inner.watch(x)
-                y, mean, variance = normalize(x)
+                inner.watch([x, s])
+                y, mean, variance = normalize(x, s)
                 # The statistics stay differentiable (through the ordinary ops).
                 loss = tf.reduce_sum(tf.sin(y) * v) + tf.reduce_sum(mean * variance)
-            g = inner.gradient(loss, x)
-            gv = tf.reduce_sum(g * v)
-        return y, g, outer.gradient(gv, x)
+            gx, gs = inner.gradient(loss, [x, s])
+            gv = tf.reduce_sum(gx * v) + (gs * gs if scaled else 0.0)
+        hx, hs = outer.gradient(gv, [x, s])
+        out = [y, gx, hx]
+        return out + [gs, hs] if scaled else out
 
-    ours = lambda x: ops.normalize_batch(x, 1e-5)  # noqa: E731
+    def ours(x, s):
+        return ops.normalize_batch(x, 1e-5, s if scaled else None)
+
+    def reference(x, s):
+        y, mean, variance = _bn_reference(x)
+        return (s * y if scaled else y), mean, variance
+
     if graph:
         run = tf.function(derivatives, autograph=False)
-        got, want = run(ours, x), run(_bn_reference, x)
+        got, want = run(ours, x, s), run(reference, x, s)
     else:
-        got, want = derivatives(ours, x), derivatives(_bn_reference, x)
+        got, want = derivatives(ours, x, s), derivatives(reference, x, s)
     for a, b in zip(got, want):
         tf.debugging.assert_near(a, b, atol=1e-4, rtol=1e-4)
 

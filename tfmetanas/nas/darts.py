@@ -156,7 +156,7 @@ class MixedOp(keras.layers.Layer):
             scale = weights[o] if coef is None else coef * weights[o]
 
             def term(op=op, scale=scale, memo=memo):
-                return scale * op(x, training=training, memo=memo)
+                return op(x, training=training, memo=memo, scale=scale)
 
             if thr is None and gate is None:
                 y = term()
@@ -671,9 +671,10 @@ class DiscreteEdge(keras.layers.Layer):
     def call(self, x, training=False, coef=None):
         out = None
         for w, op in zip(self.op_weights, self.ops):
-            # Same rounding as `MixedOp`: (edge coefficient * op weight) * op(x).
+            # Same rounding as `MixedOp`: the scale (edge coefficient * op weight)
+            # goes into the op (folded into its final batch norm).
             scale = tf.constant(w, x.dtype) if coef is None else tf.constant(coef, x.dtype) * w
-            y = scale * op(x, training=training)
+            y = op(x, training=training, scale=scale)
             out = y if out is None else out + y
         return out
 

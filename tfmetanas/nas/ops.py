@@ -204,15 +204,21 @@ class BatchNorm(keras.layers.Layer):
         self.moving_mean = add_param(self, "moving_mean", (c,), "zeros", trainable=False)
         self.moving_variance = add_param(self, "moving_variance", (c,), "ones", trainable=False)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, scale=None):
+        """Normalises `x`; `scale` (a scalar, e.g. the op's mixing weight) multiplies
+        the result at the cost of a per-channel product (affine-free BN only)."""
+        if scale is not None and self.affine:
+            raise ValueError("BatchNorm: scale= is for affine-free batch norms.")
         if training:
-            y, mean, variance = normalize_batch(x, self.epsilon)
+            y, mean, variance = normalize_batch(x, self.epsilon, scale)
             self.update_moving(mean, variance)
             if self.affine:
                 y = y * self.gamma.value + self.beta.value
             return y
-        scale = self.gamma.value if self.affine else None
-        offset = self.beta.value if self.affine else None
+        if self.affine:
+            scale, offset = self.gamma.value, self.beta.value
+        else:
+            offset = None
         return tf.nn.batch_normalization(
             x, self.moving_mean.value, self.moving_variance.value, offset, scale, self.epsilon
         )
@@ -224,46 +230,56 @@ class BatchNorm(keras.layers.Layer):
         assign_state(self.moving_variance, m * self.moving_variance.value + (1.0 - m) * variance)
 
 
-def normalize_batch(x, epsilon):
-    """``(x - mean) / sqrt(variance + epsilon)`` with the batch's statistics over N, H, W.
+def normalize_batch(x, epsilon, scale=None):
+    """``scale * (x - mean) / sqrt(variance + epsilon)`` with the batch's statistics.
 
-    The gradient with respect to `x` is written out (the standard batch-norm
-    backward, ``inv * (dy - mean(dy) - y * mean(dy * y))``): three passes over
-    the activations instead of the dozen of the composed ops' autodiff, and
-    only `y` is kept for the backward pass. It is built from differentiable
-    ops, so second-order gradients (nested tapes) are exact as well.
+    Statistics over N, H, W. The gradients with respect to `x` and `scale` are
+    written out (the standard batch-norm backward; `scale` folded into the
+    per-channel factors): the backward makes three passes over the
+    activations and keeps only ``x - mean`` from the forward, where autodiff
+    of the composed ops makes a dozen, and a scalar `scale` costs no pass of
+    its own. Built from differentiable ops, so second-order gradients (nested
+    tapes) are exact as well.
 
     Args:
       x: NHWC activations.
       epsilon: variance epsilon.
+      scale: optional scalar tensor multiplying the output (None: 1).
 
     Returns:
-      ``(y, mean, variance)``: the normalised activations and the batch
-      statistics (biased variance), which stay differentiable through the
-      ordinary ops that computed them.
+      ``(y, mean, variance)``: the (scaled) normalised activations and the
+      batch statistics (biased variance), which stay differentiable through
+      the ordinary ops that computed them.
     """
     stats = []
     axes = [0, 1, 2]
+    scaled = scale is not None
+    scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
 
     @tf.custom_gradient
-    def normalize(x):
+    def normalize(x, scale):
         # Not tf.nn.moments: it stops the gradient of the mean inside the
         # variance, which would make the statistics' own gradients wrong.
         mean = tf.reduce_mean(x, axis=axes)
         centred = x - mean
         variance = tf.reduce_mean(tf.square(centred), axis=axes)
         inv = tf.math.rsqrt(variance + epsilon)
-        y = centred * inv
+        factor = inv * scale if scaled else inv
         stats.extend([mean, variance])
 
         def grad(dy):
+            # y = scale * centred * inv; with a = scale * inv per channel:
+            # dx = a * (dy - mean(dy)) - centred * a * inv^2 * mean(dy * centred).
             mean_dy = tf.reduce_mean(dy, axis=axes)
-            mean_dy_y = tf.reduce_mean(dy * y, axis=axes)
-            return inv * (dy - mean_dy - y * mean_dy_y)
+            mean_dy_c = tf.reduce_mean(dy * centred, axis=axes)
+            dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
+            count = tf.cast(tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
+            dscale = tf.reduce_sum(inv * mean_dy_c) * count
+            return dx, dscale
 
-        return y, grad
+        return centred * factor, grad
 
-    y = normalize(x)
+    y = normalize(x, scale)
     return y, stats[0], stats[1]
 
 
@@ -376,40 +392,46 @@ class Op(keras.layers.Layer):
         # this override Keras would build by symbolic tracing, nested per level.
         del input_shape
 
-    def call(self, x, training=False, memo=None):
+    def call(self, x, training=False, memo=None, scale=None):
         """Applies the chain; `memo` shares work between ops reading the same `x`.
+
+        `scale` (optional scalar) multiplies the output; chains ending in a
+        batch norm fold it into the normalisation (see `normalize_batch`).
 
         `memo` is a `Memo` owned by the caller for one input tensor (the
         search cell keeps one per node state): the leading ReLU and the subsampled
         inputs of strided ops are computed once for every op and edge reading
         that state.
         """
+        last = len(self.chain) - 1
         for i, layer in enumerate(self.chain):
             if layer == "relu":
                 x = relu(x, memo if i == 0 else None)
             elif isinstance(layer, BatchNorm):
-                x = layer(x, training=training)
+                x = layer(x, training=training, scale=scale if i == last else None)
             elif isinstance(layer, DepthwiseConv) and i == 1:
                 x = layer(x, memo=memo)
             else:
                 x = layer(x)
+        if scale is not None and not (self.chain and isinstance(self.chain[-1], BatchNorm)):
+            x = scale * x
         return x
 
 
 class Zero(Op):
     """``none``: the zero operation (DARTS lets it express "no edge")."""
 
-    def call(self, x, training=False, memo=None):
-        del training, memo
+    def call(self, x, training=False, memo=None, scale=None):
+        del training, memo, scale
         return output_zeros(x, self.channels, self.stride)
 
 
 class Identity(Op):
     """``skip_connect`` on a stride-1 edge."""
 
-    def call(self, x, training=False, memo=None):
+    def call(self, x, training=False, memo=None, scale=None):
         del training, memo
-        return tf.identity(x)
+        return tf.identity(x) if scale is None else scale * x
 
 
 class FactorizedReduce(Op):
@@ -432,14 +454,14 @@ class FactorizedReduce(Op):
         self.conv_2 = Conv(channels // 2, 1, name="conv_2")
         self.bn = BatchNorm(affine=affine, name="bn")
 
-    def call(self, x, training=False, memo=None):
+    def call(self, x, training=False, memo=None, scale=None):
         x = relu(x, memo)
         # conv_1 reads the even-even pixels, conv_2 the odd-odd ones (the input
         # shifted by one pixel, zero-padded at the bottom/right for odd sizes),
         # so both paths give ceil(H / 2) x ceil(W / 2).
         even, odd = _even_odd(x, memo)
         y = tf.concat([self.conv_1(even), self.conv_2(odd)], axis=-1)
-        return self.bn(y, training=training)
+        return self.bn(y, training=training, scale=scale)
 
 
 class Memo:
@@ -500,19 +522,19 @@ class Pool(Op):
         self.kind = kind
         self.bn = BatchNorm(name="bn")
 
-    def call(self, x, training=False, memo=None):
+    def call(self, x, training=False, memo=None, scale=None):
         pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
         key = (self.kind, self.stride)
         pooled = _memoized(memo, ("pool",) + key, lambda: pool(x, 3, self.stride, "SAME"))
         if not training:
-            return self.bn(pooled, training=False)
+            return self.bn(pooled, training=False, scale=scale)
         # With batch statistics the (affine-free) BN output is the same for every
         # edge pooling this input: normalise once, update each edge's statistics.
         y, mean, variance = _memoized(
             memo, ("pool_bn",) + key, lambda: normalize_batch(pooled, self.bn.epsilon)
         )
         self.bn.update_moving(mean, variance)
-        return y
+        return y if scale is None else scale * y
 
 
 class ReLUConvBN(Op):

@@ -1,0 +1,175 @@
+r"""Micro-benchmarks behind the design choices of docs/performance.md.
+
+  python tools/microbench.py [--cases=bn,subsample,conv] [--calls=20]
+
+Each case times alternative formulations of the same function (forward and
+backward in one `tf.function`, on the shapes of the METANAS Omniglot search
+network: 20 images of 28x28 with 28 channels), checks that they agree, and
+prints milliseconds per call (median of `--rounds` rounds of `--calls` calls):
+
+- ``bn``: 20 layers of affine-free batch norm + ReLU: the composed ops with
+  autodiff, the hand-written gradient of `tfmetanas.nas.ops.normalize_batch`,
+  and TensorFlow's fused kernel (`FusedBatchNormV3`);
+- ``subsample``: `FactorizedReduce`'s two 1x1 convolutions of the even and
+  the shifted pixels: strided slices against one `space_to_depth` and a split;
+- ``conv``: the 3x3 and 1x5 convolutions of three edges reading one state,
+  one convolution each against one convolution with the three kernels
+  concatenated (why merging edges was measured and what it would give).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+try:
+    import tfmetanas  # noqa: F401
+except ImportError:  # Running from a checkout without `pip install -e .`.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+flags.DEFINE_list("cases", ["bn", "subsample", "conv"], "Cases to run.")
+flags.DEFINE_integer("calls", 20, "Calls per round.")
+flags.DEFINE_integer("rounds", 3, "Rounds (the median is reported).")
+FLAGS = flags.FLAGS
+
+SHAPE = (20, 28, 28, 28)
+
+
+def time_ms(fn, *args):
+    """Median over rounds of the mean ms per call of `fn(*args)` (after one call)."""
+    import tensorflow as tf
+
+    tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    rounds = []
+    for _ in range(FLAGS.rounds):
+        start = time.perf_counter()
+        for _ in range(FLAGS.calls):
+            out = fn(*args)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+        rounds.append((time.perf_counter() - start) * 1000.0 / FLAGS.calls)
+    return statistics.median(rounds)
+
+
+def _with_gradients(forward):
+    """A `tf.function` returning ``[forward(*args), d sum(out^2) / d args]``."""
+    import tensorflow as tf
+
+    @tf.function
+    def run(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            out = forward(*args)
+            loss = tf.reduce_sum(tf.square(out))
+        return [out] + tape.gradient(loss, list(args))
+
+    return run
+
+
+def _max_difference(a, b):
+    import tensorflow as tf
+
+    return max(float(tf.reduce_max(tf.abs(x - y))) for x, y in zip(a, b))
+
+
+def case_bn():
+    import tensorflow as tf
+
+    from tfmetanas.nas import ops
+
+    eps, axes = 1e-5, [0, 1, 2]
+
+    def composed(x):
+        mean = tf.reduce_mean(x, axis=axes)
+        variance = tf.reduce_mean(tf.square(x - mean), axis=axes)
+        return tf.nn.batch_normalization(x, mean, variance, None, None, eps)
+
+    def hand_written(x):
+        return ops.normalize_batch(x, eps)[0]
+
+    def fused(x):
+        c = x.shape[-1]
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.ones([c]), tf.zeros([c]), epsilon=eps, is_training=True)
+        return y
+
+    def layers(bn):
+        def forward(x):
+            for _ in range(20):
+                x = tf.nn.relu(bn(x)) * 1.01
+            return x
+        return forward
+
+    x = tf.random.stateless_normal(SHAPE, seed=[1, 2])
+    runs = {name: _with_gradients(layers(fn)) for name, fn in
+            [("composed + autodiff", composed), ("hand-written gradient", hand_written),
+             ("FusedBatchNormV3", fused)]}
+    base = runs["composed + autodiff"](x)
+    for name, run in runs.items():
+        print(f"  bn  {name:<24} {time_ms(run, x):8.2f} ms   "
+              f"max |difference| {_max_difference(run(x), base):.1e}")
+
+
+def case_subsample():
+    import tensorflow as tf
+
+    x = tf.random.stateless_normal(SHAPE, seed=[1, 2])
+    k1 = tf.random.stateless_normal((1, 1, 28, 14), seed=[3, 4])
+    k2 = tf.random.stateless_normal((1, 1, 28, 14), seed=[5, 6])
+
+    def strided(x, k1, k2):
+        x = tf.nn.relu(x)
+        shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+        return tf.concat([tf.nn.conv2d(x[:, ::2, ::2, :], k1, 1, "SAME"),
+                          tf.nn.conv2d(shifted[:, ::2, ::2, :], k2, 1, "SAME")], axis=-1)
+
+    def space_to_depth(x, k1, k2):
+        x = tf.nn.relu(x)
+        c = x.shape[-1]
+        even, _, odd = tf.split(tf.nn.space_to_depth(x, 2), [c, 2 * c, c], axis=-1)
+        return tf.concat([tf.nn.conv2d(even, k1, 1, "SAME"),
+                          tf.nn.conv2d(odd, k2, 1, "SAME")], axis=-1)
+
+    base = _with_gradients(strided)
+    for name, fn in [("strided slices", strided), ("space_to_depth + split", space_to_depth)]:
+        run = _with_gradients(fn)
+        print(f"  subsample  {name:<24} {time_ms(run, x, k1, k2):8.2f} ms   "
+              f"max |difference| {_max_difference(run(x, k1, k2), base(x, k1, k2)):.1e}")
+
+
+def case_conv():
+    import tensorflow as tf
+
+    for size, kernel in [(28, (3, 3)), (28, (1, 5)), (14, (3, 3))]:
+        x = tf.random.stateless_normal((20, size, size, 28), seed=[1, 2])
+        kernels = [tf.random.stateless_normal((*kernel, 28, 28), seed=[i, 7]) for i in range(3)]
+
+        def separate(x, a, b, c):
+            return tf.concat([tf.nn.conv2d(x, k, 1, "SAME") for k in (a, b, c)], axis=-1)
+
+        def merged(x, a, b, c):
+            return tf.nn.conv2d(x, tf.concat([a, b, c], axis=-1), 1, "SAME")
+
+        base = _with_gradients(separate)(x, *kernels)
+        for name, fn in [("3 convolutions", separate), ("1 merged convolution", merged)]:
+            run = _with_gradients(fn)
+            print(f"  conv {size}px {kernel}  {name:<22} {time_ms(run, x, *kernels):8.2f} ms   "
+                  f"max |difference| {_max_difference(run(x, *kernels), base):.1e}")
+
+
+CASES = {"bn": case_bn, "subsample": case_subsample, "conv": case_conv}
+
+
+def main(argv):
+    del argv
+    unknown = [c for c in FLAGS.cases if c not in CASES]
+    if unknown:
+        raise app.UsageError(f"Unknown --cases {unknown}; valid: {', '.join(CASES)}.")
+    for case in FLAGS.cases:
+        print(f"{case}:")
+        CASES[case]()
+
+
+if __name__ == "__main__":
+    app.run(main)
