@@ -318,6 +318,9 @@ def measure(config, setting):
     load_before = load_average()
     t = time.perf_counter()
     with RssSampler() as first_rss:
+        step.get_concrete_function(*args)  # Python tracing only.
+        trace_s = time.perf_counter() - t
+        traced_rss = RssSampler.rss_mb()
         float(call(0)["meta/loss"])
     first = time.perf_counter() - t
     for i in range(_WARMUP.value):
@@ -343,6 +346,7 @@ def measure(config, setting):
         "inner_steps": int(inner_steps),
         "second_order": second_order,
         "first_call_s": round(first, 2),
+        "trace_s": round(trace_s, 2),
         "ms_median": round(median, 1),
         "ms_min": round(min(times), 1),
         "ms_max": round(max(times), 1),
@@ -354,6 +358,7 @@ def measure(config, setting):
         "setup_rss_mb": round(setup_rss, 1),
         # Sampled every 10 ms: the first call (trace, graph optimisation, first
         # run) against the timed calls (the step's own tensors).
+        "traced_rss_mb": None if traced_rss is None else round(traced_rss, 1),
         "first_call_peak_rss_mb": first_rss.peak_mb,
         "steady_peak_rss_mb": steady_rss.peak_mb,
         "load_avg_1m_before": load_before,

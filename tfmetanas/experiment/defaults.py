@@ -107,6 +107,9 @@ def base_config():
     config.train.checkpoint_every = 0  # 0: at every validation
     config.train.keep_best = 1  # best-by-validation checkpoints kept
     config.train.jit_compile = False
+    # Threads per op and ops in parallel (0: TensorFlow's default, all cores for both).
+    config.train.intra_op_threads = 0
+    config.train.inter_op_threads = 0
     config.train.time_limit_minutes = 0.0  # training-time budget, summed over resumptions (0: none)
     config.train.progress = True
     # Where the meta-batch runs (README "Several GPUs and machines"): none |
@@ -150,6 +153,9 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 50, 50
     config.train.steps = steps
     config.train.eval_every = 1000
+    # Many small independent ops (7 per edge, 9 edges per cell): one thread
+    # each, as many at once as there are cores (docs/performance.md: 1.45x).
+    config.train.intra_op_threads = 1
     return config
 
 

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 
 import tensorflow as tf
+from absl import logging
 
 from tfmetanas import errors
 
@@ -45,6 +46,47 @@ def _setting(config):
     devices = tuple(str(d) for d in (train.get("devices", ()) or ()))
     tpu = str(train.get("tpu", "") or "")
     return kind, devices, tpu
+
+
+def configure_threads(config):
+    """Applies ``train.intra_op_threads`` / ``train.inter_op_threads`` (0: TF's default).
+
+    Thread pools are fixed when the TensorFlow runtime starts, so this must run
+    before the first op; the trainer and `Experiment` call it first thing. In a
+    process whose runtime already started with other settings (e.g. a test
+    session running several configs) it logs a warning and keeps them: the
+    settings change speed, never results.
+
+    One thread per op and as many ops in parallel as there are cores
+    (``intra_op_threads=1``) suits graphs of many small independent ops, such
+    as the METANAS search network (docs/performance.md); large sequential
+    convolutions (conv4) want the default.
+    """
+    wanted = {
+        "intra": int(config.train.get("intra_op_threads", 0) or 0),
+        "inter": int(config.train.get("inter_op_threads", 0) or 0),
+    }
+    if any(n < 0 for n in wanted.values()):
+        raise errors.ConfigError(
+            f"train.intra_op_threads and train.inter_op_threads must be >= 0, got {wanted}."
+        )
+    threading = tf.config.threading
+    current = {
+        "intra": threading.get_intra_op_parallelism_threads(),
+        "inter": threading.get_inter_op_parallelism_threads(),
+    }
+    setters = {
+        "intra": threading.set_intra_op_parallelism_threads,
+        "inter": threading.set_inter_op_parallelism_threads,
+    }
+    for kind, n in wanted.items():
+        if n and n != current[kind]:
+            try:
+                setters[kind](n)
+            except RuntimeError:
+                logging.warning(
+                    "train.%s_op_threads=%d not applied: the TensorFlow runtime already "
+                    "started in this process (speed only; results do not change).", kind, n)
 
 
 def make_strategy(config):

@@ -72,6 +72,7 @@ class Experiment:
 
     def __init__(self, config, splits=("train", "val"), strategy=None):
         self.config = config
+        distribute.configure_threads(config)
         seed = int(config.train.seed)
         self.sources = {
             s: data_lib.get_task_source(data_config_for(config, s), s, seed) for s in splits
@@ -151,6 +152,7 @@ def run(config, workdir):
     # before anything is built or written. Only the chief writes into the
     # workdir; other workers save their (identical) checkpoints to a scratch
     # directory they delete, and write no summaries, curves or config.
+    distribute.configure_threads(config)
     strategy = distribute.make_strategy(config)
     validate(config, strategy)
     chief = distribute.is_chief(strategy)
