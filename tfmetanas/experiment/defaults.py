@@ -80,6 +80,7 @@ def base_config():
     config.meta = ml_collections.ConfigDict()
     config.meta.algorithm = "maml"  # maml | reptile | none
     config.meta.meta_batch_size = 32  # tasks per meta-step (global)
+    config.meta.parallel_tasks = 1  # tasks of a meta-batch run at once (same results; memory)
     config.meta.second_order = False
     config.meta.first_order_until = 0  # iteration from which second order is used (MAML++ DA)
     config.meta.optimizer = "adam"

@@ -260,7 +260,8 @@ def _maml(config, learner, total_steps):
             f"Unknown meta.groups {sorted(unknown)}; valid: {params_lib.GROUPS}."
         )
     return learners.MAML(
-        learner, optimizer, step_weights=step_weights_from_config(config), groups=groups
+        learner, optimizer, step_weights=step_weights_from_config(config), groups=groups,
+        parallel_tasks=int(_get(meta, "parallel_tasks", 1)),
     )
 
 
@@ -272,6 +273,7 @@ def _reptile(config, learner, total_steps):
         learner,
         {g: outer_schedule(meta, total_steps, lr) for g, lr in step_sizes.items()},
         while_loop=bool(_get(config.inner, "while_loop", True)),
+        parallel_tasks=int(_get(meta, "parallel_tasks", 1)),
     )
 
 
