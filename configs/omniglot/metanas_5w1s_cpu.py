@@ -5,7 +5,7 @@ tasks, 12 channels, 2 cells (the second reduces), 2 nodes per cell, 3 task
 steps in meta-training, meta-batch 5, 800 meta-iterations (the first 400 a
 warm-up with the architecture frozen, as the paper's first half), meta-test
 15+15 steps, at most 60 minutes of wall time; soft pruning off in
-meta-training (`prune_threshold=0`, no `tf.cond` per op), hard pruning at
+meta-training (`prune_threshold=0`, as in the recorded run), hard pruning at
 0.01 at meta-test as in the paper. Same inner rules, temperature annealing
 and Reptile step sizes as the paper, except the architecture's inner
 learning rate: 5e-3, ten times the paper's Omniglot 5e-4, because this
