@@ -95,6 +95,10 @@ _ROOFLINE = flags.DEFINE_integer(
 _OUT = flags.DEFINE_string("out", None, "Append JSON lines here (--all_bench: write one JSON).")
 _ALL = flags.DEFINE_boolean("all_bench", False, "Run every configs/bench/*.py row.")
 _ONLY = flags.DEFINE_list("only", None, "--all_bench: rows whose file name contains one of these.")
+_SPLIT_TRACE = flags.DEFINE_bool(
+    "split_trace", False,
+    "Trace before the first call, reporting the tracing time and the resident memory after "
+    "it (trace_s, traced_rss_mb). Off by default: it made first calls slower by a few seconds.")
 _RENDER = flags.DEFINE_string(
     "render", None, "Print the markdown table of an --all_bench JSON (or of --out JSON lines).")
 _PROFILE = flags.DEFINE_string(
@@ -331,10 +335,12 @@ def measure(config, setting):
     setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     load_before = load_average()
     t = time.perf_counter()
+    trace_s = traced_rss = None
     with RssSampler() as first_rss:
-        step.get_concrete_function(*args)  # Python tracing only.
-        trace_s = time.perf_counter() - t
-        traced_rss = RssSampler.rss_mb()
+        if _SPLIT_TRACE.value:
+            step.get_concrete_function(*args)  # Python tracing only.
+            trace_s = round(time.perf_counter() - t, 2)
+            traced_rss = RssSampler.rss_mb()
         float(call(0)["meta/loss"])
     first = time.perf_counter() - t
     for i in range(_WARMUP.value):
@@ -362,7 +368,7 @@ def measure(config, setting):
         "inner_steps": int(inner_steps),
         "second_order": second_order,
         "first_call_s": round(first, 2),
-        "trace_s": round(trace_s, 2),
+        "trace_s": trace_s,
         "ms_median": round(median, 1),
         "ms_min": round(min(times), 1),
         "ms_max": round(max(times), 1),
