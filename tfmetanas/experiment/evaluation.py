@@ -46,6 +46,9 @@ class Evaluator:
       algorithm: the `Algorithm` (its `test_adapt` is the meta-test procedure).
       kind: "classification" or "regression".
       jit_compile: compile the evaluation step with XLA.
+
+    Tasks of a batch run as many at once as the meta-learner's
+    ``parallel_tasks`` (``meta.parallel_tasks``); results do not depend on it.
     """
 
     def __init__(self, algorithm, kind, jit_compile=False):
@@ -78,7 +81,7 @@ class Evaluator:
                     lambda s: tf.TensorArray(s.dtype, batch, element_shape=s.shape), record_spec
                 ),
             ),
-            parallel_iterations=1,
+            parallel_iterations=getattr(self.algorithm.meta_learner, "parallel_tasks", 1),
         )
         return metrics.stack(), losses.stack(), tf.nest.map_structure(lambda ta: ta.stack(), records)
 
