@@ -24,9 +24,10 @@ setting (`--jit` x `--order`) a fresh subprocess reports:
   `tfmetanas.graph_flops` (convolutions and matrix products, loops
   multiplied out), and the achieved GFLOP/s at the median time;
 - the float32 matmul roofline of the machine measured in the same process
-  right after (best of a few `tf.linalg.matmul` of `--roofline_size` square
-  matrices), and the 1-minute load average before and after: the project
-  machine is shared, so every number is only as good as its load.
+  right after (best of a few rounds of one `tf.linalg.matmul` of
+  `--roofline_size` square matrices per core, run concurrently), and the
+  1-minute load average before and after: the project machine is shared, so
+  every number is only as good as its load.
 
 Benchmark configs (`configs/bench/`, one per row of issue 9's table) carry a
 `bench` section: the row's name, the reference figures, the derivative
@@ -188,18 +189,29 @@ def _cpu_seconds():
 
 
 def matmul_roofline(size=2048, repeats=5):
-    """Float32 GFLOP/s of `tf.linalg.matmul` on square matrices: (best, median)."""
+    """Float32 GFLOP/s of `tf.linalg.matmul` on square matrices: (best, median).
+
+    One independent matmul per core in one `tf.function`, so that the machine's
+    cores are all busy whatever the process's thread settings (with one thread
+    per op, `train.intra_op_threads=1`, a single matmul would use one core).
+    """
     import tensorflow as tf
 
-    a = tf.random.normal([size, size])
-    b = tf.random.normal([size, size])
-    tf.linalg.matmul(a, b).numpy()  # warm-up: thread pools, oneDNN primitives
+    count = max(os.cpu_count() or 1, 1)
+    a = tf.random.normal([count, size, size])
+    b = tf.random.normal([count, size, size])
+
+    @tf.function
+    def products(a, b):
+        return [tf.linalg.matmul(a[i], b[i]) for i in range(count)]
+
+    [p.numpy() for p in products(a, b)]  # warm-up: tracing, thread pools, oneDNN primitives
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
+        [p.numpy() for p in products(a, b)]
         times.append(time.perf_counter() - t)
-    flops = 2.0 * size**3
+    flops = 2.0 * size**3 * count
     return round(flops / min(times) / 1e9, 1), round(flops / statistics.median(times) / 1e9, 1)
 
 
