@@ -100,6 +100,10 @@ _SPLIT_TRACE = flags.DEFINE_bool(
     "split_trace", False,
     "Trace before the first call, reporting the tracing time and the resident memory after "
     "it (trace_s, traced_rss_mb). Off by default: it made first calls slower by a few seconds.")
+_MALLOC_TRIM = flags.DEFINE_bool(
+    "malloc_trim", False,
+    "glibc's malloc_trim(0) before the timed calls: their peak (steady_peak_rss_mb) then "
+    "shows what the steps need rather than what the first call left allocated.")
 _RENDER = flags.DEFINE_string(
     "render", None, "Print the markdown table of an --all_bench JSON (or of --out JSON lines).")
 _PROFILE = flags.DEFINE_string(
@@ -357,6 +361,11 @@ def measure(config, setting):
     first = time.perf_counter() - t
     for i in range(_WARMUP.value):
         float(call(i + 1)["meta/loss"])
+    if _MALLOC_TRIM.value:
+        import ctypes
+
+        # Hands memory that malloc keeps after the first call back to the system.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     times = []
     cpu_before = _cpu_seconds()
     with RssSampler() as steady_rss:
