@@ -29,7 +29,7 @@ flags.DEFINE_string("config", os.path.join(ROOT, "configs/bench/mamlpp_omniglot_
 flags.DEFINE_string("order", "second", "Derivative order (benchmark --order).")
 flags.DEFINE_list("meta_batch_sizes", ["1", "2", "4", "8", "16"], "Meta-batch sweep.")
 flags.DEFINE_list("inner_steps", ["1", "2", "3", "5", "8"], "Inner-step sweep.")
-flags.DEFINE_list("image_sizes", ["14", "28", "42", "56"], "Image-size sweep (pixels).")
+flags.DEFINE_list("image_sizes", ["16", "28", "42", "56"], "Image-size sweep (pixels).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per point.")
 flags.DEFINE_string("out", "", "Write the measurements (JSON) here.")
 flags.DEFINE_string("render", "", "Read measurements from this JSON instead of measuring.")

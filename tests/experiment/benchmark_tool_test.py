@@ -95,6 +95,9 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
     assert result["cpu_ms_per_call"] > 0
     assert 0 < result["setup_rss_mb"] <= result["peak_rss_mb"]
+    if os.path.exists("/proc/self/clear_refs"):  # Per-phase peaks (Linux).
+        assert 0 < result["first_call_peak_rss_mb"] <= result["peak_rss_mb"]
+        assert 0 < result["steady_peak_rss_mb"] <= result["peak_rss_mb"]
     assert isinstance(result["load_avg_1m_before"], float)
     # 1-40-40-1 MLP, 5 support and 5 query points, one inner step, first-order MAML:
     # per example a forward pass is 2 * (40 + 1600 + 40) = 3,360 FLOPs, its backward pass
@@ -146,3 +149,12 @@ def test_render_table(tmp_path):
         "| **2.00x** | 9.3 s | 866 / 800 MB | 40.0 | 59.0 (88% of 67) | 1.0-1.2 |"
     )
     assert "failed" in lines[3]
+
+    # The JSON lines that --out appends, one run each, render the same.
+    lines_path = tmp_path / "bench.jsonl"
+    lines_path.write_text("\n".join(json.dumps(r) for r in doc["results"]) + "\n")
+    table_2 = subprocess.run(
+        [sys.executable, TOOL, f"--render={lines_path}"],
+        check=True, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    ).stdout
+    assert table_2 == table
