@@ -7,7 +7,7 @@ Every builder returns a *built* Keras model (called once on zeros) whose
 
 import keras
 
-from tfmetanas import registry
+from tfmetanas import errors, registry
 from tfmetanas.models import backbones
 from tfmetanas.nas import darts
 from tfmetanas.nas import ops as nas_ops
@@ -21,7 +21,19 @@ def _get(config, key, default):
 
 @BACKBONES.register("conv4")
 def _conv4(config, input_shape, output_dim):
-    del input_shape
+    num_blocks = int(_get(config, "num_blocks", 4))
+    if _get(config, "downsample", "max_pool") == "max_pool" and len(input_shape) == 3:
+        # Each block halves the size (2x2 'VALID' pooling): too small an image
+        # would fail deep in the runtime, not as a config error.
+        size = min(input_shape[0], input_shape[1])
+        for _ in range(num_blocks):
+            size //= 2
+        if size < 1:
+            raise errors.ConfigError(
+                f"conv4 with {num_blocks} max-pooling blocks needs images of at least "
+                f"{2 ** num_blocks} px, got {input_shape[0]}x{input_shape[1]} (data.image_size); "
+                "use fewer model.num_blocks or model.downsample='strided'."
+            )
     return backbones.Conv4(
         output_dim,
         filters=_get(config, "filters", 64),
