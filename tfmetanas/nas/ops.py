@@ -235,10 +235,10 @@ def normalize_batch(x, epsilon, scale=None):
 
     Statistics over N, H, W. The gradients with respect to `x` and `scale` are
     written out (the standard batch-norm backward; `scale` folded into the
-    per-channel factors): the backward makes three passes over the
-    activations and keeps only ``x - mean`` from the forward, where autodiff
-    of the composed ops makes a dozen, and a scalar `scale` costs no pass of
-    its own. Built from differentiable ops, so second-order gradients (nested
+    per-channel factors): two reductions and a few element-wise ops over the
+    activations, about half of what autodiff of the composed ops builds, and
+    only ``x - mean`` is kept from the forward; a scalar `scale` costs no pass
+    of its own (tools/microbench.py: 41 against 53 ms for 20 BN layers). Built from differentiable ops, so second-order gradients (nested
     tapes) are exact as well.
 
     Args:
