@@ -12,7 +12,7 @@ DARTS search space (Liu et al., ICLR 2019, arXiv:1806.09055, Sec. 2):
 - `SearchNetwork`: stem, cells (normal cells share one alpha/beta, reduction
   cells another, as in DARTS), global average pooling, linear head;
 - soft pruning: ops and subsets whose weight is below ``prune_threshold`` are
-  not computed (`tf.cond`);
+  left out (scaled by zero, or skipped by `tf.cond`: ``soft_prune``);
 - `DiscreteNetwork` / `discrete_from_search`: the hard-pruned network built
   from a `Genotype`, holding only the kept ops, with the search network's
   (adapted) weights copied in.
@@ -36,12 +36,11 @@ renormalising would rescale every kept term. So the pruned network equals the
 search network when the pruned weights are exactly zero, which is what the
 paper's prune-without-retraining needs.
 
-Cost of soft pruning: every op runs under its own `tf.cond` (flat, never
-nested). The forward pass and first-order gradients (the paper's first-order
-DARTS task learner) trace in seconds, but building *second-order* gradients
-through hundreds of conds takes minutes even for tiny networks; use
-``prune_threshold=0`` (no conds, everything computed) for second-order task
-learning.
+Cost of soft pruning with ``soft_prune="cond"``: every op runs under its own
+`tf.cond` (flat, never nested). The forward pass and first-order gradients
+(the paper's first-order DARTS task learner) trace in seconds, but building
+*second-order* gradients through hundreds of conds takes minutes even for tiny
+networks; use the default ``"mask"`` (no conds) for second-order task learning.
 """
 
 import math
