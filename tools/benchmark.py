@@ -414,6 +414,14 @@ def measure(config, setting):
         result["gflop"] = round(flops / 1e9, 3)
         result["gflops_achieved"] = round(flops / (median / 1000.0) / 1e9, 1)
         result["gflop_by_op"] = {k: round(v / 1e9, 3) for k, v in by_type.most_common()}
+        # The traced graph's size (its functions included): what tracing and graph
+        # optimisation cost in time and memory grows with it.
+        graph = step.get_concrete_function(*args).graph.as_graph_def()
+        nodes = collections.Counter(n.op for n in graph.node)
+        for function in graph.library.function:
+            nodes.update(n.op for n in function.node_def)
+        result["graph_nodes"] = int(sum(nodes.values()))
+        result["graph_nodes_by_op"] = dict(nodes.most_common(12))
     if _ROOFLINE.value:
         best, med = matmul_roofline(_ROOFLINE.value)
         result["roofline_gflops"] = best

@@ -105,6 +105,8 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     # and a backward pass on the support set, the query a forward and a backward pass.
     assert result["flops"] == 2 * (5 + 5) * (3360 + 6640)
     assert set(result["gflop_by_op"]) == {"MatMul"}
+    assert result["graph_nodes"] >= sum(result["graph_nodes_by_op"].values()) > 0
+    assert result["graph_nodes_by_op"].get("MatMul", 0) >= 4
 
 
 def test_render_table(tmp_path):
