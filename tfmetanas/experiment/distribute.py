@@ -59,8 +59,9 @@ def configure_threads(config):
 
     One thread per op and as many ops in parallel as there are cores
     (``intra_op_threads=1``) suits graphs of many small independent ops, such
-    as the METANAS search network (docs/performance.md); large sequential
-    convolutions (conv4) want the default.
+    as the METANAS search network, and small convolutions with several tasks
+    at once (``meta.parallel_tasks``, the Omniglot configs); large images
+    (mini-ImageNet) keep the default (docs/performance.md).
     """
     wanted = {
         "intra": int(config.train.get("intra_op_threads", 0) or 0),
