@@ -25,10 +25,7 @@ def _conv4(config, input_shape, output_dim):
     if _get(config, "downsample", "max_pool") == "max_pool" and len(input_shape) == 3:
         # Each block halves the size (2x2 'VALID' pooling): too small an image
         # would fail deep in the runtime, not as a config error.
-        size = min(input_shape[0], input_shape[1])
-        for _ in range(num_blocks):
-            size //= 2
-        if size < 1:
+        if min(input_shape[0], input_shape[1]) < 2**num_blocks:
             raise errors.ConfigError(
                 f"conv4 with {num_blocks} max-pooling blocks needs images of at least "
                 f"{2 ** num_blocks} px, got {input_shape[0]}x{input_shape[1]} (data.image_size); "
