@@ -8,7 +8,7 @@ Vinyals split (1200 train characters x 4 rotations, 423 test).
   tfmetanas-evaluate --workdir=/tmp/maml_5w1s --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import base_config, small_convs_runtime
 
 
 def get_config():
@@ -24,7 +24,5 @@ def get_config():
     config.meta.meta_batch_size = 32
     config.train.steps = 60_000
     config.train.eval_every = 1000
-    # CPU runtime (results unchanged): one thread per op, 4 tasks at once; 1.6-2.1x on
-    # 2 cores for these small convolutions (docs/performance.md).
-    config.train.intra_op_threads, config.meta.parallel_tasks = 1, 4
+    small_convs_runtime(config)
     return config

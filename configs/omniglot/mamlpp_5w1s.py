@@ -16,7 +16,7 @@ BN at evaluation: transductive (batch statistics), as the reported numbers.
   tfmetanas-evaluate --workdir=/tmp/mamlpp_5w1s --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import base_config, small_convs_runtime
 
 
 def get_config():
@@ -45,7 +45,5 @@ def get_config():
     config.train.steps = 100 * 500  # 100 epochs [iterations]
     config.train.eval_every = 500
     config.train.keep_best = 5  # top-5 ensemble protocol
-    # CPU runtime (results unchanged): one thread per op, 4 tasks at once; 1.6-2.1x on
-    # 2 cores for these small convolutions (docs/performance.md).
-    config.train.intra_op_threads, config.meta.parallel_tasks = 1, 4
+    small_convs_runtime(config)
     return config

@@ -9,7 +9,7 @@ BN gamma/beta are adapted and meta-learned like the other weights.
   tfmetanas-evaluate --workdir=/tmp/reptile_5w1s --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import base_config, small_convs_runtime
 
 
 def get_config():
@@ -32,7 +32,5 @@ def get_config():
     config.meta.meta_batch_size = 5
     config.train.steps = 100_000
     config.train.eval_every = 2000
-    # CPU runtime (results unchanged): one thread per op, 4 tasks at once; 1.6-2.1x on
-    # 2 cores for these small convolutions (docs/performance.md).
-    config.train.intra_op_threads, config.meta.parallel_tasks = 1, 4
+    small_convs_runtime(config)
     return config

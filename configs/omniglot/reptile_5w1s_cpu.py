@@ -11,7 +11,7 @@ wall time. Target here: at least 85% on 600 test tasks.
   tfmetanas-evaluate --workdir=/tmp/reptile_cpu --split=test
 """
 
-from tfmetanas.experiment.defaults import base_config
+from tfmetanas.experiment.defaults import base_config, small_convs_runtime
 
 
 def get_config():
@@ -36,7 +36,5 @@ def get_config():
     config.train.time_limit_minutes = 60.0
     config.train.eval_every = 500
     config.train.log_every = 50
-    # CPU runtime (results unchanged): one thread per op, 4 tasks at once; 1.6-2.1x on
-    # 2 cores for these small convolutions (docs/performance.md).
-    config.train.intra_op_threads, config.meta.parallel_tasks = 1, 4
+    small_convs_runtime(config)
     return config

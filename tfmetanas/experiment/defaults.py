@@ -160,6 +160,19 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     return config
 
 
+def small_convs_runtime(config):
+    """CPU runtime for small convolutions (Omniglot): one thread per op, 4 tasks at once.
+
+    Results do not change (tests/meta/parallel_tasks_test.py); on 2 cores the
+    Omniglot MAML-family configs run 1.6-2.1x faster (docs/performance.md,
+    "Tasks in parallel"). Not for large images: on mini-ImageNet extra tasks
+    at once cost memory and no time.
+    """
+    config.train.intra_op_threads = 1
+    config.meta.parallel_tasks = 4
+    return config
+
+
 def sibling_config(config_file, name):
     """`get_config()` of the config file `name` next to `config_file`.
 
