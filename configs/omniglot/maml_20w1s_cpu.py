@@ -11,7 +11,7 @@ constant Adam 1e-3. Same iteration budget and time limit as the MAML++ run.
   tfmetanas-evaluate --workdir=/tmp/maml_20w1s_cpu --split=test --num_tasks=600
 """
 
-from tfmetanas.experiment.defaults import base_config, sibling_config
+from tfmetanas.experiment.defaults import base_config, sibling_config, small_convs_runtime
 
 
 def get_config():
@@ -30,4 +30,5 @@ def get_config():
     config.meta.optimizer, config.meta.lr = "adam", 1e-3
     config.train = reference.train
     config.eval = reference.eval
+    small_convs_runtime(config)
     return config
