@@ -486,7 +486,8 @@ def _memoized(memo, key, fn):
 
 def relu(x, memo=None):
     """``relu(x)``, shared through `memo` by the ops of every edge reading `x`."""
-    return _memoized(memo, "relu", lambda: tf.nn.relu(x))
+    return _memoized(memo, ("relu", x.ref()) if memo is not None else None,
+                     lambda: tf.nn.relu(x))
 
 
 def _even_odd(x, memo=None):
