@@ -128,7 +128,7 @@ def bench_section(config):
     return section.to_dict() if section is not None else {}
 
 
-class RssSampler:
+class PhasePeakRss:
     """Context manager: the peak resident memory of the block it wraps.
 
     Resets the kernel's high-water mark at entry (``5 > /proc/self/clear_refs``)
@@ -352,11 +352,11 @@ def measure(config, setting):
     load_before = load_average()
     t = time.perf_counter()
     trace_s = traced_rss = None
-    with RssSampler() as first_rss:
+    with PhasePeakRss() as first_rss:
         if _SPLIT_TRACE.value:
             step.get_concrete_function(*args)  # Python tracing only.
             trace_s = round(time.perf_counter() - t, 2)
-            traced_rss = RssSampler.rss_mb()
+            traced_rss = PhasePeakRss.rss_mb()
         float(call(0)["meta/loss"])
     first = time.perf_counter() - t
     for i in range(_WARMUP.value):
@@ -368,16 +368,16 @@ def measure(config, setting):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     times = []
     cpu_before = _cpu_seconds()
-    with RssSampler() as steady_rss:
+    with PhasePeakRss() as steady_rss:
         for i in range(_REPEATS.value):
             t = time.perf_counter()
             float(call(i + 1)["meta/loss"])
             times.append((time.perf_counter() - t) * 1000.0)
     cpu_ms = (_cpu_seconds() - cpu_before) * 1000.0 / max(len(times), 1)
-    # Read before the FLOP count and the roofline allocate. RssSampler resets the
+    # Read before the FLOP count and the roofline allocate. PhasePeakRss resets the
     # kernel's high-water mark (and with it ru_maxrss) but keeps the process's peak.
     peak_rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                   RssSampler.process_peak_mb)
+                   PhasePeakRss.process_peak_mb)
     load_after = load_average()
     median = statistics.median(times)
     result = {
@@ -400,7 +400,7 @@ def measure(config, setting):
         "peak_rss_mb": round(peak_rss, 1),
         "setup_rss_mb": round(setup_rss, 1),
         # The first call (trace, graph optimisation, first run) against the
-        # timed calls (the step's own tensors), see RssSampler.
+        # timed calls (the step's own tensors), see PhasePeakRss.
         "traced_rss_mb": None if traced_rss is None else round(traced_rss, 1),
         "first_call_peak_rss_mb": first_rss.peak_mb,
         "steady_peak_rss_mb": steady_rss.peak_mb,
