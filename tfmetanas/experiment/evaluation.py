@@ -81,7 +81,7 @@ class Evaluator:
                     lambda s: tf.TensorArray(s.dtype, batch, element_shape=s.shape), record_spec
                 ),
             ),
-            parallel_iterations=getattr(self.algorithm.meta_learner, "parallel_tasks", 1),
+            parallel_iterations=self.algorithm.meta_learner.parallel_tasks,
         )
         return metrics.stack(), losses.stack(), tf.nest.map_structure(lambda ta: ta.stack(), records)
 
