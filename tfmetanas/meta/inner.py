@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from tfmetanas import errors
 from tfmetanas.meta import replicas
+from tfmetanas.meta import rules as rules_lib
+from tfmetanas.models import params as params_lib
 
 KINDS = ("classification", "regression")
 BN_MODES = ("transductive", "running")
@@ -191,9 +193,8 @@ class TaskLearner:
         loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
         return outputs, loss, metric
 
-    def _step(self, step, num_steps, params, state, rule_states, task, second_order, groups,
-              batches=None):
-        """One inner step: support loss, gradient, per-group rule update."""
+    def _gradients(self, step, num_steps, params, state, task, second_order, batches=None):
+        """Support loss of one inner step, its gradient and the BN state after it."""
         x, y = task["support_x"], task["support_y"]
         if batches is not None:
             x, y = tf.gather(x, batches[step]), tf.gather(y, batches[step])
@@ -204,6 +205,14 @@ class TaskLearner:
         grads = tape.gradient(loss, params)
         if not second_order:
             grads = {p: tf.stop_gradient(g) for p, g in grads.items()}
+        return grads, new_state, loss
+
+    def _step(self, step, num_steps, params, state, rule_states, task, second_order, groups,
+              batches=None):
+        """One inner step: support loss, gradient, per-group rule update."""
+        grads, new_state, loss = self._gradients(
+            step, num_steps, params, state, task, second_order, batches
+        )
         new_params, new_rule_states = dict(params), dict(rule_states)
         for group in groups:
             paths = [p for p in params if self.fmodel.group_of[p] == group]
@@ -290,20 +299,75 @@ class TaskLearner:
         )
 
     def _adapt_while(self, task, params, state, rule_states, num_steps, groups):
+        """The inner steps in a `tf.while_loop` that carries packed vectors.
+
+        The loop carries one vector per parameter group, one for the BN state
+        and, for element-wise rules, packed rule states (`Packing`): the
+        same numbers as carrying the dicts, with a loop of a few variables
+        instead of hundreds and one update per group instead of one per tensor.
+        """
         batches = self.batch_indices(task["support_x"].shape[0], num_steps)
+        by_group = {}
+        for p, v in params.items():
+            by_group.setdefault(self.fmodel.group_of[p], {})[p] = v
+        layouts = {g: params_lib.Packing(d) for g, d in by_group.items()}
+        packed_rules = {
+            g: g in layouts and self.rules[g].elementwise for g in rule_states
+        }
+        pack_state = params_lib.Packing.supports(state)
+        state_layout = params_lib.Packing(state) if pack_state else None
 
-        def body(step, params, state, rule_states, support_losses):
-            params, state, rule_states, loss = self._step(
-                step, num_steps, params, state, rule_states, task, False, groups, batches
+        def to_loop(params, state, rule_states):
+            flat = {g: layout.pack(params) for g, layout in layouts.items()}
+            rs = {g: rules_lib.pack_state(s, layouts[g]) if packed_rules[g] else s
+                  for g, s in rule_states.items()}
+            return flat, state_layout.pack(state) if pack_state else state, rs
+
+        def from_loop(flat, state, rs):
+            params = {}
+            for g, layout in layouts.items():
+                params.update(layout.unpack(flat[g]))
+            rs = {g: rules_lib.unpack_state(s, layouts[g]) if packed_rules[g] else s
+                  for g, s in rs.items()}
+            return params, state_layout.unpack(state) if pack_state else state, rs
+
+        def body(step, flat, state, rule_states, support_losses):
+            params = {}
+            for g, layout in layouts.items():
+                params.update(layout.unpack(flat[g]))
+            if pack_state:
+                state = state_layout.unpack(state)
+            grads, state, loss = self._gradients(
+                step, num_steps, params, state, task, False, batches
             )
-            return step + 1, params, state, rule_states, support_losses.write(step, loss)
+            flat, rule_states = dict(flat), dict(rule_states)
+            for g in groups:
+                layout, rule = layouts[g], self.rules[g]
+                if packed_rules[g]:
+                    new, rule_states[g] = rule.apply(
+                        step, {rules_lib.FLAT: layout.pack(grads)},
+                        {rules_lib.FLAT: flat[g]}, rule_states[g],
+                    )
+                    flat[g] = new[rules_lib.FLAT]
+                else:
+                    sub = {p: params[p] for p in layout.paths}
+                    new, rule_states[g] = rule.apply(
+                        step, {p: grads[p] for p in layout.paths}, sub, rule_states[g]
+                    )
+                    flat[g] = layout.pack(new)
+            if pack_state:
+                state = state_layout.pack(state)
+            return step + 1, flat, state, rule_states, support_losses.write(step, loss)
 
-        _, params, state, rule_states, support_losses = tf.while_loop(
+        flat, loop_state, loop_rules = to_loop(params, state, rule_states)
+        _, flat, loop_state, loop_rules, support_losses = tf.while_loop(
             lambda step, *_: step < num_steps,
             body,
-            (tf.constant(0), params, state, rule_states, tf.TensorArray(task["support_x"].dtype, num_steps)),
+            (tf.constant(0), flat, loop_state, loop_rules,
+             tf.TensorArray(task["support_x"].dtype, num_steps)),
             parallel_iterations=1,
         )
+        params, state, rule_states = from_loop(flat, loop_state, loop_rules)
         outputs, loss, metric = self._query(params, state, task, num_steps - 1, num_steps)
         return TaskResult(
             params=params,

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfmetanas import errors
 from tfmetanas.meta import replicas
+from tfmetanas.models import params as params_lib
 
 
 def _zeros_like_vars(variables):
@@ -270,6 +271,11 @@ class Reptile(MetaLearner):
         dtype = tasks["support_x"].dtype
 
         persistent = self.learner.rule_state_variables is not None
+        # The sums over tasks are carried packed into one vector each (see
+        # `params.Packing`): a loop of a few variables instead of hundreds.
+        param_layout = params_lib.Packing(meta_params)
+        state = fm.state()
+        state_layout = params_lib.Packing(state) if params_lib.Packing.supports(state) else None
 
         def body(b, param_sum, state_sum, ql_sum, qm_sum, rule_states):
             result = self.learner.adapt(
@@ -280,8 +286,11 @@ class Reptile(MetaLearner):
                 use_while_loop=self.while_loop,
                 rule_states=rule_states if persistent else None,
             )
-            param_sum = {p: param_sum[p] + result.params[p] for p in param_sum}
-            state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
+            param_sum = param_sum + param_layout.pack(result.params)
+            if state_layout is None:
+                state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
+            else:
+                state_sum = state_sum + state_layout.pack(result.state)
             if persistent:
                 rule_states = result.rule_states
             return (b + 1, param_sum, state_sum, ql_sum + result.query_losses[-1],
@@ -292,8 +301,9 @@ class Reptile(MetaLearner):
         # inner Adam); otherwise `rule_states` is an unused placeholder.
         init = (
             tf.constant(0),
-            {p: tf.zeros_like(v) for p, v in meta_params.items()},
-            {p: tf.zeros_like(v) for p, v in fm.state().items()},
+            tf.zeros([sum(param_layout.sizes)], param_layout.dtype),
+            {p: tf.zeros_like(v) for p, v in state.items()} if state_layout is None
+            else tf.zeros([sum(state_layout.sizes)], state_layout.dtype),
             tf.zeros([], dtype),
             tf.zeros([], dtype),
             self.learner.initial_rule_states(meta_params) if persistent else tf.zeros([]),
@@ -301,6 +311,9 @@ class Reptile(MetaLearner):
         _, param_sum, state_sum, ql_sum, qm_sum, rule_states = tf.while_loop(
             lambda b, *_: b < batch, body, init, parallel_iterations=self.parallel_tasks
         )
+        param_sum = param_layout.unpack(param_sum)
+        if state_layout is not None:
+            state_sum = state_layout.unpack(state_sum)
         if persistent:
             self.learner.assign_rule_states(rule_states)
         # Reptile's meta-gradient theta - mean(theta_task), as a sum of

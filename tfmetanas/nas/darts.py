@@ -126,54 +126,46 @@ class MixedOp(keras.layers.Layer):
     def build(self, input_shape):
         del input_shape  # Sub-layers are built by the network's eager build pass.
 
-    def call(self, x, weights, threshold=None, training=False, coef=None, gate=None,
-             soft_prune="mask", memo=None):
-        """Mixes the ops with `weights` ``(num_ops,)``.
+    def call(self, x, scales, keep=None, training=False, soft_prune="mask", memo=None):
+        """Mixes the ops, op ``o`` scaled by ``scales[o]``.
 
         Args:
           x: edge input.
-          weights: ``(num_ops,)`` mixing weights.
-          threshold: ops with weight below it (the largest excepted) are not
-            computed; None computes all.
+          scales: per op a scalar tensor: the op's mixing weight times the
+            edge's coefficient (`SearchCell` computes them for all edges at
+            once); with ``"mask"`` already zero for the ops left out.
+          keep: None (compute every op) or per op a boolean scalar: whether
+            the op survives soft pruning.
           training: BN mode.
-          coef: optional scalar multiplying the edge (summed subset weights).
-          gate: optional boolean scalar; False skips the whole edge.
-          soft_prune: how ops below the threshold are left out: ``"mask"``
-            computes them and scales them by 0 (no BN update either), ``"cond"``
+          soft_prune: how ops with ``keep`` False are left out: ``"mask"``
+            computes them, scaled by 0 (no BN update either), ``"cond"``
             skips them with a `tf.cond` each (see `SearchNetwork`).
           memo: an `ops.Memo` of `x`, sharing work with the other edges
             reading it (not used with ``"cond"``, whose branches cannot share).
 
         Returns:
-          ``coef * sum_o w_o * o(x)`` over the computed ops.
+          ``sum_o scales[o] * o(x)`` over the kept ops.
         """
-        thr = None if threshold is None else _effective_threshold(weights, threshold)
         out = None
         for o, (name, op) in enumerate(zip(self.primitives, self.ops)):
             if name == "none":
                 continue  # Contributes exactly zero: never computed.
-            scale = weights[o] if coef is None else coef * weights[o]
 
-            def term(op=op, scale=scale, memo=memo):
+            def term(op=op, scale=scales[o], memo=memo):
                 return op(x, training=training, memo=memo, scale=scale)
 
-            if thr is None and gate is None:
+            if keep is None:
                 y = term()
-                out = y if out is None else out + y
-                continue
-            pred = weights[o] >= thr if thr is not None else gate
-            if thr is not None and gate is not None:
-                pred = tf.logical_and(pred, gate)
-            state = op.non_trainable_variables if training else ()
-            if soft_prune == "mask":
-                masked = tf.where(pred, scale, tf.zeros_like(scale))
-                y = ops_lib.run_masked(pred, lambda op=op, s=masked: term(op, s), state)
+            elif soft_prune == "mask":
+                state = op.non_trainable_variables if training else ()
+                y = ops_lib.run_masked(keep[o], term, state)
             else:
                 # One flat `tf.cond` per op (edge gate folded into the predicate):
                 # nested conds make second-order gradients very slow to build.
+                state = op.non_trainable_variables if training else ()
                 y = ops_lib.run_if(
-                    pred,
-                    lambda op=op, s=scale: term(op, s, None),
+                    keep[o],
+                    lambda term=term: term(memo=None),
                     lambda: ops_lib.output_zeros(x, self.channels, self.stride),
                     state,
                 )
@@ -230,6 +222,53 @@ class SearchCell(keras.layers.Layer):
     def build(self, input_shape):
         del input_shape  # Sub-layers are built by the network's eager build pass.
 
+    def _op_scales(self, op_weights, subset_weights, threshold, edge_masks, soft_prune):
+        """Per edge and op the scalar scale of the op's output, and whether it is kept.
+
+        Computed for the whole cell at once and split with one `tf.unstack`
+        (one graph node, not a slice, a comparison and a select per op).
+
+        Returns:
+          ``(scales, keep)``: lists of ``num_edges * num_ops`` scalar tensors,
+          edge-major; ``keep`` is None when every op is computed. With
+          ``"mask"``, the scales of the ops left out are 0.
+        """
+        coef = gate = None
+        if self.use_subsets:
+            coefs, gates = [], []
+            for j, b in enumerate(subset_weights):
+                n_in = j + 2
+                subsets = input_subsets(n_in, self.k)
+                membership = np.zeros((n_in, len(subsets)), np.float32)
+                for s, subset in enumerate(subsets):
+                    membership[list(subset), s] = 1.0
+                if threshold is None:
+                    kept = tf.ones_like(b)
+                else:
+                    kept = tf.cast(b >= _effective_threshold(b, threshold), b.dtype)
+                # Node = sum_s b_s * sum_{i in s} edge_i = sum_i c_i * edge_i.
+                coefs.append(tf.linalg.matvec(membership, b * kept))
+                gates.append(tf.linalg.matvec(membership, kept) > 0)
+            coef, gate = tf.concat(coefs, 0), tf.concat(gates, 0)
+        elif edge_masks is not None:
+            gate = tf.concat(list(edge_masks), 0)
+            coef = tf.cast(gate, op_weights.dtype)
+        scales = op_weights if coef is None else op_weights * coef[:, None]
+        keep = None
+        if threshold is not None:
+            # The argmax of every edge always survives (`_effective_threshold`).
+            edge_threshold = tf.minimum(
+                tf.cast(threshold, op_weights.dtype),
+                tf.reduce_max(op_weights, axis=1, keepdims=True),
+            )
+            keep = op_weights >= edge_threshold
+            if gate is not None:
+                keep = tf.logical_and(keep, gate[:, None])
+            if soft_prune == "mask":
+                scales = tf.where(keep, scales, tf.zeros_like(scales))
+            keep = tf.unstack(tf.reshape(keep, [-1]))
+        return tf.unstack(tf.reshape(scales, [-1])), keep
+
     def call(
         self,
         s0,
@@ -262,42 +301,25 @@ class SearchCell(keras.layers.Layer):
         # Work shared by the edges reading a state (ReLU, pooling, subsampling).
         share = soft_prune == "mask" or threshold is None  # tf.cond branches cannot share.
         memos = [ops_lib.Memo() if share else None for _ in range(self.num_nodes + 1)]
+        scales, keep = self._op_scales(op_weights, subset_weights, threshold, edge_masks,
+                                       soft_prune)
+        num_ops = len(self.primitives)
         e = 0
         for j in range(self.num_nodes):
-            n_in = j + 2
-            if self.use_subsets:
-                b = subset_weights[j]
-                subsets = input_subsets(n_in, self.k)
-                membership = np.zeros((n_in, len(subsets)), np.float32)
-                for s, subset in enumerate(subsets):
-                    membership[list(subset), s] = 1.0
-                if threshold is None:
-                    kept = tf.ones_like(b)
-                else:
-                    kept = tf.cast(b >= _effective_threshold(b, threshold), b.dtype)
-                # Node = sum_s b_s * sum_{i in s} edge_i = sum_i c_i * edge_i.
-                coef = tf.linalg.matvec(membership, b * kept)
-                gate = tf.linalg.matvec(membership, kept) > 0
-            elif edge_masks is not None:
-                gate = edge_masks[j]
-                coef = tf.cast(gate, op_weights.dtype)
-            else:
-                coef, gate = None, None
             node = None
-            for i in range(n_in):
+            for i in range(j + 2):
+                ops = slice((e + i) * num_ops, (e + i + 1) * num_ops)
                 y = self.edges[e + i](
                     states[i],
-                    op_weights[e + i],
-                    threshold=threshold,
+                    scales[ops],
+                    keep=None if keep is None else keep[ops],
                     training=training,
-                    coef=None if coef is None else coef[i],
-                    gate=None if gate is None or threshold is None else gate[i],
                     soft_prune=soft_prune,
                     memo=memos[i],
                 )
                 node = y if node is None else node + y
             states.append(node)
-            e += n_in
+            e += j + 2
         return tf.concat(states[2:], axis=-1)
 
 
