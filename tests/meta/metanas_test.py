@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.meta import helpers
+from tfmetanas import errors
 from tfmetanas.experiment import evaluate, trainer
 from tfmetanas.experiment.defaults import base_config
 from tfmetanas.meta import inner, learners, metanas, rules
@@ -137,6 +138,57 @@ def test_warmup_freezes_the_architecture(meta):
     assert any(not np.allclose(v, weights0[p]) for p, v in weight_values(fm).items())
     alg.meta_learner.replica_step(tasks, tf.constant(2), **alg.step_options(2))
     assert any(not np.allclose(v, arch0[p]) for p, v in arch_values(fm).items())
+
+
+def test_one_loop_meta_test_equals_the_two_phases_run_apart():
+    """`test_adapt` runs "50+50" in one loop: the numbers of the arch+weights loop
+    followed by a weights-only loop at t_min with a fresh Adam (step-dependent
+    learning rate counted from the phase's start, inner mini-batches)."""
+    fm = tiny_search()
+
+    def lr(step):
+        return 0.01 * (1.0 + tf.cast(step, tf.float32))
+
+    rules_ = {"weights": rules.Adam(lr, beta1=0.5), "arch": rules.Adam(0.05, beta1=0.5)}
+    learner = inner.TaskLearner(fm, rules_, 2, batch_size=3, batch_seed=1,
+                                forward_kwargs=metanas.TemperatureAnnealing(1.0, 0.1))
+    fixed = inner.TaskLearner(fm, rules_, 2, batch_size=3, batch_seed=1,
+                              forward_kwargs=metanas.ConstantTemperature(0.1))
+    alg = metanas.MetaNAS(learner, learners.Reptile(learner, {"weights": 1.0}), fixed, 3, 2,
+                          warmup_until=0, t_min=0.1)
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1).items()}
+    assert task["support_x"].shape[0] > 3  # mini-batches, not the whole support set
+    first = learner.adapt(task, num_steps=3, use_while_loop=True)
+    second = fixed.adapt(task, params=first.params, state=first.state, num_steps=2,
+                         groups=("weights",), use_while_loop=True)
+    for run in (alg.test_adapt, tf.function(alg.test_adapt)):
+        merged = run(task)
+        for path, value in second.params.items():
+            np.testing.assert_allclose(merged.params[path], value, rtol=1e-5, atol=1e-6,
+                                       err_msg=path)
+        for path, value in second.state.items():
+            np.testing.assert_allclose(merged.state[path], value, rtol=1e-5, atol=1e-6,
+                                       err_msg=path)
+        np.testing.assert_allclose(
+            merged.support_losses,
+            np.concatenate([first.support_losses, second.support_losses]), rtol=1e-5)
+        np.testing.assert_allclose(merged.query_losses[0], second.query_losses[-1], rtol=1e-5)
+    # Without the restart of Adam in the second phase the weights differ.
+    phases = [inner.Phase(3, ("weights", "arch"), learner.forward_kwargs),
+              inner.Phase(2, ("weights",), fixed.forward_kwargs)]
+    kept = learner.adapt_phases(task, phases)
+    assert any(not np.allclose(kept.params[p], v, rtol=1e-5, atol=1e-6)
+               for p, v in second.params.items())
+
+
+def test_adapt_phases_rejects_bad_phases():
+    fm = tiny_search()
+    learner = tiny_metanas(fm).learner
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1).items()}
+    with pytest.raises(errors.ConfigError, match="at least one step"):
+        learner.adapt_phases(task, [inner.Phase(0, ("weights",), learner.forward_kwargs)])
+    with pytest.raises(errors.ConfigError, match="without a rule"):
+        learner.adapt_phases(task, [inner.Phase(2, ("meta",), learner.forward_kwargs)])
 
 
 def test_meta_test_adapts_arch_then_weights_only():

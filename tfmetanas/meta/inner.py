@@ -53,6 +53,24 @@ class TaskResult(NamedTuple):
     rule_states: dict = None
 
 
+class Phase(NamedTuple):
+    """A run of inner steps in `TaskLearner.adapt_phases`.
+
+    Attributes:
+      num_steps: steps of the phase.
+      groups: the parameter groups it updates (the others stay as they are).
+      forward_kwargs: ``(step, num_steps) -> dict`` of model-call arguments,
+        with the step counted from the phase's start; scalar values.
+      restart_rules: groups whose update-rule state starts afresh (`rule.init`)
+        at the phase's first step.
+    """
+
+    num_steps: int
+    groups: tuple
+    forward_kwargs: object
+    restart_rules: tuple = ()
+
+
 def default_forward_kwargs(step, num_steps):
     """Call arguments of the fixed backbones: the inner step (per-step BN)."""
     del num_steps
@@ -193,14 +211,21 @@ class TaskLearner:
         loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
         return outputs, loss, metric
 
-    def _gradients(self, step, num_steps, params, state, task, second_order, batches=None):
-        """Support loss of one inner step, its gradient and the BN state after it."""
+    def _gradients(self, step, num_steps, params, state, task, second_order, batches=None,
+                   kwargs=None):
+        """Support loss of one inner step, its gradient and the BN state after it.
+
+        `kwargs` (default ``forward_kwargs(step, num_steps)``) are the model's
+        call arguments.
+        """
         x, y = task["support_x"], task["support_y"]
         if batches is not None:
             x, y = tf.gather(x, batches[step]), tf.gather(y, batches[step])
+        if kwargs is None:
+            kwargs = self.forward_kwargs(step, num_steps)
         with tf.GradientTape() as tape:
             tape.watch(list(params.values()))
-            outputs, new_state = self.forward(params, state, x, step, num_steps, training=True)
+            outputs, new_state = self.fmodel(params, state, x, training=True, **kwargs)
             loss, _ = loss_and_metric(self.kind, outputs, y)
         grads = tape.gradient(loss, params)
         if not second_order:
@@ -270,7 +295,8 @@ class TaskLearner:
                 raise errors.ConfigError(
                     "A tf.while_loop inner loop is first order only; unroll it for second order."
                 )
-            return self._adapt_while(task, params, state, rule_states, num_steps, groups)
+            phase = Phase(num_steps, groups, self.forward_kwargs)
+            return self._adapt_while(task, params, state, rule_states, [phase])
 
         batches = self.batch_indices(task["support_x"].shape[0], num_steps)
 
@@ -298,15 +324,46 @@ class TaskLearner:
             rule_states=rule_states,
         )
 
-    def _adapt_while(self, task, params, state, rule_states, num_steps, groups):
-        """The inner steps in a `tf.while_loop` that carries packed vectors.
+    def adapt_phases(self, task, phases, params=None, state=None):
+        """Adapts to one task in phases, all in one `tf.while_loop` (first order).
+
+        Each `Phase` runs its steps on its groups with its own model-call
+        arguments, continuing from the previous phase's parameters, BN state
+        and rule states (restarting those in its ``restart_rules``). One loop
+        body serves every phase, so the graph holds the model's step once,
+        not once per phase: METANAS's "50+50" meta-test (weights and
+        architecture, then weights only at the final temperature).
+
+        Returns:
+          A `TaskResult` with the support losses of every step and the query
+          scored after the last (with the last phase's call arguments).
+        """
+        phases = [Phase(*p) for p in phases]
+        if not phases or any(p.num_steps < 1 for p in phases):
+            raise errors.ConfigError(f"Every phase needs at least one step, got {phases}.")
+        unknown = {g for p in phases for g in p.groups} - set(self.rules)
+        if unknown:
+            raise errors.ConfigError(f"Phases update groups without a rule: {sorted(unknown)}.")
+        if params is None:
+            params = self.initial_params()
+        if state is None:
+            state = self.fmodel.state()
+        rule_states = self.initial_rule_states(params)
+        return self._adapt_while(task, params, state, rule_states, phases)
+
+    def _adapt_while(self, task, params, state, rule_states, phases):
+        """The inner steps of `phases` in a `tf.while_loop` that carries packed vectors.
 
         The loop carries one vector per parameter group, one for the BN state
         and, for element-wise rules, packed rule states (`Packing`): the
         same numbers as carrying the dicts, with a loop of a few variables
         instead of hundreds and one update per group instead of one per tensor.
         """
-        batches = self.batch_indices(task["support_x"].shape[0], num_steps)
+        support_size = task["support_x"].shape[0]
+        tables = [self.batch_indices(support_size, p.num_steps) for p in phases]
+        batches = None if tables[0] is None else tf.concat(tables, 0)
+        starts = np.cumsum([0] + [p.num_steps for p in phases])
+        num_steps = int(starts[-1])
         by_group = {}
         for p, v in params.items():
             by_group.setdefault(self.fmodel.group_of[p], {})[p] = v
@@ -316,6 +373,7 @@ class TaskLearner:
         }
         pack_state = params_lib.Packing.supports(state)
         state_layout = params_lib.Packing(state) if pack_state else None
+        updated = [g for g in self.rules if any(g in p.groups for p in phases)]
 
         def to_loop(params, state, rule_states):
             flat = {g: layout.pack(params) for g, layout in layouts.items()}
@@ -331,30 +389,61 @@ class TaskLearner:
                   for g, s in rs.items()}
             return params, state_layout.unpack(state) if pack_state else state, rs
 
+        def select(pred, new, old):
+            return tf.nest.map_structure(lambda a, b: tf.where(pred, a, b), new, old)
+
+        def phase_values(step):
+            """(phase index, step within the phase, model-call arguments)."""
+            if len(phases) == 1:
+                return 0, step, phases[0].forward_kwargs(step, phases[0].num_steps)
+            index = tf.add_n([tf.cast(step >= int(b), tf.int32) for b in starts[1:-1]])
+            local = step - tf.gather(tf.constant(starts[:-1], tf.int32), index)
+            kwargs = {}
+            for k, phase in enumerate(phases):
+                for key, value in phase.forward_kwargs(local, phase.num_steps).items():
+                    value = tf.convert_to_tensor(value)
+                    kwargs[key] = value if k == 0 else tf.where(
+                        tf.equal(index, k), value, tf.cast(kwargs[key], value.dtype)
+                    )
+            return index, local, kwargs
+
         def body(step, flat, state, rule_states, support_losses):
+            index, local, kwargs = phase_values(step)
             params = {}
             for g, layout in layouts.items():
                 params.update(layout.unpack(flat[g]))
             if pack_state:
                 state = state_layout.unpack(state)
             grads, state, loss = self._gradients(
-                step, num_steps, params, state, task, False, batches
+                step, num_steps, params, state, task, False, batches, kwargs=kwargs
             )
             flat, rule_states = dict(flat), dict(rule_states)
-            for g in groups:
+            for g in updated:
                 layout, rule = layouts[g], self.rules[g]
+                for k, phase in enumerate(phases):
+                    if k and g in phase.restart_rules:
+                        fresh = rule.init(
+                            {rules_lib.FLAT: flat[g]} if packed_rules[g] else layout.unpack(flat[g])
+                        )
+                        rule_states[g] = select(tf.equal(step, int(starts[k])), fresh,
+                                                rule_states[g])
                 if packed_rules[g]:
-                    new, rule_states[g] = rule.apply(
-                        step, {rules_lib.FLAT: layout.pack(grads)},
+                    new, new_rs = rule.apply(
+                        local, {rules_lib.FLAT: layout.pack(grads)},
                         {rules_lib.FLAT: flat[g]}, rule_states[g],
                     )
-                    flat[g] = new[rules_lib.FLAT]
+                    new = new[rules_lib.FLAT]
                 else:
                     sub = {p: params[p] for p in layout.paths}
-                    new, rule_states[g] = rule.apply(
-                        step, {p: grads[p] for p in layout.paths}, sub, rule_states[g]
+                    new, new_rs = rule.apply(
+                        local, {p: grads[p] for p in layout.paths}, sub, rule_states[g]
                     )
-                    flat[g] = layout.pack(new)
+                    new = layout.pack(new)
+                active = [k for k, phase in enumerate(phases) if g in phase.groups]
+                if len(active) < len(phases):
+                    on = tf.reduce_any(tf.equal(index, active))
+                    new, new_rs = select(on, (new, new_rs), (flat[g], rule_states[g]))
+                flat[g], rule_states[g] = new, new_rs
             if pack_state:
                 state = state_layout.pack(state)
             return step + 1, flat, state, rule_states, support_losses.write(step, loss)
@@ -368,7 +457,11 @@ class TaskLearner:
             parallel_iterations=1,
         )
         params, state, rule_states = from_loop(flat, loop_state, loop_rules)
-        outputs, loss, metric = self._query(params, state, task, num_steps - 1, num_steps)
+        last = phases[-1]
+        training = self.bn_mode == "transductive"
+        outputs, _ = self.fmodel(params, state, task["query_x"], training=training,
+                                 **last.forward_kwargs(last.num_steps - 1, last.num_steps))
+        loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
         return TaskResult(
             params=params,
             state=state,

@@ -142,24 +142,21 @@ class MetaNAS(algorithms.Algorithm):
         Returns a `TaskResult` whose last query loss/metric are the pruned
         network's and the one before them the unpruned search network's.
         """
-        first = self.learner.adapt(task, num_steps=self.arch_steps, use_while_loop=True)
-        result = first
+        # Both phases in one loop (`TaskLearner.adapt_phases`): the graph holds
+        # the search network's step once.
+        phases = [inner.Phase(self.arch_steps, tuple(self.learner.rules),
+                              self.learner.forward_kwargs)]
         if self.weight_steps:
-            result = self.fixed_learner.adapt(
-                task,
-                params=first.params,
-                state=first.state,
-                num_steps=self.weight_steps,
-                groups=("weights",),
-                use_while_loop=True,
-            )
+            phases.append(inner.Phase(self.weight_steps, ("weights",),
+                                      self.fixed_learner.forward_kwargs,
+                                      restart_rules=("weights",)))
+        result = self.learner.adapt_phases(task, phases)
         outputs = self.pruned_forward(result.params, result.state, task["query_x"])
         loss, metric = inner.loss_and_metric(self.learner.kind, outputs, task["query_y"])
         return inner.TaskResult(
             params=result.params,
             state=result.state,
-            support_losses=tf.concat([first.support_losses, result.support_losses], 0)
-            if self.weight_steps else first.support_losses,
+            support_losses=result.support_losses,
             query_losses=tf.stack([result.query_losses[-1], loss]),
             query_metrics=tf.stack([result.query_metrics[-1], metric]),
             query_outputs=outputs,
