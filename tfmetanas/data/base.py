@@ -315,9 +315,11 @@ class ImageTaskSource(TaskSource):
                 f"is at most {smallest}."
             )
 
-        # A constant captured by `task` is passed by reference to tf.function
-        # and tf.data; it is not serialised into the graph.
-        self._images = tf.constant(flat)
+        # A tensor captured by `task` is passed by reference to tf.function
+        # and tf.data; it is not serialised into the graph. Made with an op:
+        # `tf.constant` of a large NumPy array keeps two copies of its data
+        # (a 60 MB image set: 123 MB resident against 65 MB this way).
+        self._images = tf.identity(flat)
         self._equal_counts = bool(np.all(counts == counts[0]))
         self._max_count = int(counts.max())
         self._counts = tf.constant(counts, tf.int32)
