@@ -214,3 +214,20 @@ def test_supervised_arrays_come_from_the_data_layer():
     np.testing.assert_array_equal(images, source.class_arrays()[:10])
     with pytest.raises(errors.DataError, match="num_classes"):
         supervised_data.load_class_arrays({**config, "num_classes": 99}, seed=3)
+
+
+def test_task_streams_skip_the_rewrites_that_copy_the_images():
+    """tf.data's default rewrites serialise the pipeline, turning the captured image
+    tensor into a second copy of the image set (base.dataset_options); every task
+    stream turns them off, the distributed one included."""
+    from tfmetanas.experiment import distribute
+
+    source = get_task_source(small_glyphs(), "train", seed=0)
+    strategy = tf.distribute.get_strategy()
+    streams = [source.dataset(0, 2), source.eval_dataset(3, 2)]
+    for ds in streams:
+        assert ds.options().experimental_optimization.apply_default_optimizations is False
+    distributed = distribute.task_dataset(strategy, source, 0, 2)
+    assert distributed.options().experimental_optimization.apply_default_optimizations is False
+    # It still yields the single-device stream's tasks.
+    assert_tasks_equal(next(iter(distributed)), next(iter(streams[0])))

@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfmetanas import errors
+from tfmetanas.data import base as data_base
 
 KINDS = ("none", "mirrored", "multi_worker", "tpu")
 
@@ -294,6 +295,6 @@ def task_dataset(strategy, source, start_step, meta_batch_size):
         ds = tf.data.Dataset.counter(dtype=tf.int64).map(task_index)
         ds = ds.map(source.task, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(local, drop_remainder=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(data_base.dataset_options())
 
     return strategy.distribute_datasets_from_function(dataset_fn)
