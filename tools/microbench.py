@@ -1,6 +1,6 @@
 r"""Micro-benchmarks behind the design choices of docs/performance.md.
 
-  python tools/microbench.py [--cases=bn,subsample,conv] [--calls=20]
+  python tools/microbench.py [--cases=bn,subsample,conv,sepconv] [--calls=20]
 
 Each case times alternative formulations of the same function (forward and
 backward in one `tf.function`, on the shapes of the METANAS Omniglot search
@@ -14,7 +14,11 @@ prints milliseconds per call (median of `--rounds` rounds of `--calls` calls):
   the shifted pixels: strided slices against one `space_to_depth` and a split;
 - ``conv``: the 3x3 and 1x5 convolutions of three edges reading one state,
   one convolution each against one convolution with the three kernels
-  concatenated (why merging edges was measured and what it would give).
+  concatenated (why merging edges was measured and what it would give);
+- ``sepconv``: the 5x5 separable convolutions (depthwise, pointwise, twice)
+  of three edges reading one state: one chain per edge against one chain on
+  the state tiled three times, the pointwise convolutions grouped (three
+  groups, oneDNN's grouped convolution): what merging whole edges would cost.
 """
 
 import os
@@ -160,7 +164,37 @@ def case_conv():
                   f"max relative difference {_max_difference(run(x, *kernels), base):.1e}")
 
 
-CASES = {"bn": case_bn, "subsample": case_subsample, "conv": case_conv}
+def case_sepconv():
+    import tensorflow as tf
+
+    edges, c = 3, 28
+    x = tf.random.stateless_normal(SHAPE, seed=[1, 2])
+    dw = [tf.random.stateless_normal((5, 5, c, 1), seed=[i, 3]) for i in range(edges)]
+    pw = [tf.random.stateless_normal((1, 1, c, c), seed=[i, 4]) * 0.2 for i in range(edges)]
+
+    def chain(x, d, p):
+        for _ in range(2):
+            x = tf.nn.conv2d(tf.nn.depthwise_conv2d(x, d, [1, 1, 1, 1], "SAME"), p, 1, "SAME")
+        return x
+
+    def separate(x, *weights):
+        return tf.concat([chain(x, d, p) for d, p in zip(weights[:edges], weights[edges:])],
+                         axis=-1)
+
+    def merged(x, *weights):
+        # Edge-major channels; the [1, 1, c, 3c] kernel on 3c channels is a grouped conv.
+        return chain(tf.tile(x, [1, 1, 1, edges]), tf.concat(weights[:edges], axis=2),
+                     tf.concat(weights[edges:], axis=3))
+
+    base = _with_gradients(separate)(x, *dw, *pw)
+    for name, fn in [("3 chains", separate), ("1 chain, grouped 1x1", merged)]:
+        run = _with_gradients(fn)
+        print(f"  sepconv  {name:<24} {time_ms(run, x, *dw, *pw):8.2f} ms   "
+              f"max relative difference {_max_difference(run(x, *dw, *pw), base):.1e}")
+
+
+CASES = {"bn": case_bn, "subsample": case_subsample, "conv": case_conv,
+         "sepconv": case_sepconv}
 
 
 def main(argv):

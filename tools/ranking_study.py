@@ -32,16 +32,39 @@ training, 16-20 for validation), resized to ``--image_size``.
   python tools/ranking_study.py table --out_dir=/tmp/rank
 """
 
-import argparse
 import glob
 import importlib.util
 import json
 import os
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("reference", "supernet", "table")
+
+flags.DEFINE_string("out_dir", None, "Where every part reads and writes its JSON.")
+flags.DEFINE_integer("seed", 0, "reference/supernet seed.")
+flags.DEFINE_string("k", "1,2,3,4", "SUMNAS inner steps (1 = FairNAS); 0 / 0sum: FairNAS with "
+                    "its own recipe, gradients averaged / summed.")
+flags.DEFINE_integer("num_archs", 30, "Cells ranked.")
+flags.DEFINE_integer("arch_seed", 1, "search.rank.seed.")
+flags.DEFINE_integer("image_size", 16, "Image size (pixels).")
+flags.DEFINE_integer("num_classes", 100, "Omniglot characters of the classification task.")
+flags.DEFINE_integer("val_per_class", 5, "Validation images per class.")
+flags.DEFINE_integer("channels", 8, "NB201 C.")
+flags.DEFINE_integer("cells_per_stage", 1, "NB201 N.")
+flags.DEFINE_integer("batch_size", 32, "Images per step.")
+flags.DEFINE_integer("steps", 400, "Supernet outer steps.")
+flags.DEFINE_integer("ref_steps", 400, "Standalone SGD steps.")
+flags.DEFINE_float("ref_learning_rate", 0.05, "Standalone SGD learning rate.")
+flags.DEFINE_integer("calibration_batches", 4, "BN recalibration batches of the rank stage.")
+flags.DEFINE_integer("threads", 2, "TF intra-op threads (0: TF's).")
+flags.mark_flag_as_required("out_dir")
+FLAGS = flags.FLAGS
+
 STRATEGY_NAMES = {"0": "FairNAS-own", "0sum": "FairNAS-own-sum", "1": "FairNAS"}
 
 
@@ -231,7 +254,11 @@ def table(args):
         with open(path) as f:
             refs.append(json.load(f))
     if not refs:
-        raise SystemExit(f"No reference_seed*.json in {args.out_dir}.")
+        from tfmetanas import errors
+
+        raise errors.DataError(
+            f"No reference_seed*.json in {args.out_dir}: run the reference part first."
+        )
     common = set.intersection(*[{tuple(e["arch"]) for e in r["archs"]} for r in refs])
     archs = [tuple(e["arch"]) for e in refs[0]["archs"] if tuple(e["arch"]) in common]
     per_seed = [{tuple(e["arch"]): e["accuracy"] for e in r["archs"]} for r in refs]
@@ -313,36 +340,22 @@ def table(args):
               f"(n={s['kendall_tau_a']['n']})")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("reference", "supernet", "table"))
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--seed", type=int, default=0, help="reference/supernet seed")
-    parser.add_argument("--k", default="1,2,3,4",
-                        help="SUMNAS inner steps (1 = FairNAS); 0 / 0sum: FairNAS with its own "
-                             "recipe, gradients averaged / summed")
-    parser.add_argument("--num_archs", type=int, default=30)
-    parser.add_argument("--arch_seed", type=int, default=1, help="search.rank.seed")
-    parser.add_argument("--image_size", type=int, default=16)
-    parser.add_argument("--num_classes", type=int, default=100)
-    parser.add_argument("--val_per_class", type=int, default=5)
-    parser.add_argument("--channels", type=int, default=8, help="NB201 C")
-    parser.add_argument("--cells_per_stage", type=int, default=1, help="NB201 N")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=400, help="supernet outer steps")
-    parser.add_argument("--ref_steps", type=int, default=400, help="standalone SGD steps")
-    parser.add_argument("--ref_learning_rate", type=float, default=0.05)
-    parser.add_argument("--calibration_batches", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (0: TF's)")
-    args = parser.parse_args()
+def main(argv):
+    parts = argv[1:]
+    if len(parts) != 1 or parts[0] not in PARTS:
+        raise app.UsageError(f"Name one part: {' | '.join(PARTS)}; got {parts}.")
+    args = types.SimpleNamespace(**{name: FLAGS[name].value for name in (
+        "out_dir", "seed", "k", "num_archs", "arch_seed", "image_size", "num_classes",
+        "val_per_class", "channels", "cells_per_stage", "batch_size", "steps", "ref_steps",
+        "ref_learning_rate", "calibration_batches", "threads")})
     os.makedirs(args.out_dir, exist_ok=True)
-    if args.part != "table" and args.threads:
+    if parts[0] != "table" and args.threads:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    {"reference": reference, "supernet": supernet, "table": table}[args.part](args)
+    {"reference": reference, "supernet": supernet, "table": table}[parts[0]](args)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -111,13 +111,14 @@ class MetaLearner:
     def _optimizer_variables(self):
         return []
 
-    def _state_mean_update(self, state_sum, num_tasks):
+    def _state_mean_update(self, state_mean):
         """Assigns the mean over every task (all replicas) of the BN state after adaptation.
 
-        Replicas hold equally many tasks, so the mean of the replicas' means is
-        the mean over the global meta-batch; every replica assigns the same value.
+        `state_mean` is this replica's mean over its tasks. Replicas hold equally
+        many tasks, so the mean of the replicas' means is the mean over the
+        global meta-batch; every replica assigns the same value.
         """
-        state = replicas.all_reduce_mean({p: s / num_tasks for p, s in state_sum.items()})
+        state = replicas.all_reduce_mean(state_mean)
         fm = self.learner.fmodel
         replicas.assign_synced([fm.state_variables_by_path[p] for p in state], list(state.values()))
 
@@ -210,7 +211,7 @@ class MAML(MetaLearner):
         scale = _global_batch_fraction(batch)
         grads = [g * scale for g in grad_sum]
         self.optimizer.apply_gradients(zip(grads, variables))
-        self._state_mean_update(state_sum, batch)
+        self._state_mean_update({p: s / batch for p, s in state_sum.items()})
         return {
             "meta/loss": loss_sum / batch,
             "query/loss": ql_sum / batch,
@@ -271,9 +272,14 @@ class Reptile(MetaLearner):
         dtype = tasks["support_x"].dtype
 
         persistent = self.learner.rule_state_variables is not None
-        # The sums over tasks are carried packed into one vector each (see
-        # `params.Packing`): a loop of a few variables instead of hundreds.
-        param_layout = params_lib.Packing(meta_params)
+        # The sums over tasks are carried packed, one vector per group and one
+        # for the BN state (`params.Packing`): a loop of a few variables
+        # instead of hundreds, and Reptile's update a few ops per group.
+        layouts = {}
+        for g in self.learner.rules:
+            sub = {p: v for p, v in meta_params.items() if fm.group_of[p] == g}
+            if sub:
+                layouts[g] = params_lib.Packing(sub)
         state = fm.state()
         state_layout = params_lib.Packing(state) if params_lib.Packing.supports(state) else None
 
@@ -286,7 +292,8 @@ class Reptile(MetaLearner):
                 use_while_loop=self.while_loop,
                 rule_states=rule_states if persistent else None,
             )
-            param_sum = param_sum + param_layout.pack(result.params)
+            param_sum = {g: param_sum[g] + layout.pack(result.params)
+                         for g, layout in layouts.items()}
             if state_layout is None:
                 state_sum = {p: state_sum[p] + result.state[p] for p in state_sum}
             else:
@@ -301,7 +308,7 @@ class Reptile(MetaLearner):
         # inner Adam); otherwise `rule_states` is an unused placeholder.
         init = (
             tf.constant(0),
-            tf.zeros([sum(param_layout.sizes)], param_layout.dtype),
+            {g: tf.zeros([sum(layout.sizes)], layout.dtype) for g, layout in layouts.items()},
             {p: tf.zeros_like(v) for p, v in state.items()} if state_layout is None
             else tf.zeros([sum(state_layout.sizes)], state_layout.dtype),
             tf.zeros([], dtype),
@@ -311,27 +318,31 @@ class Reptile(MetaLearner):
         _, param_sum, state_sum, ql_sum, qm_sum, rule_states = tf.while_loop(
             lambda b, *_: b < batch, body, init, parallel_iterations=self.parallel_tasks
         )
-        param_sum = param_layout.unpack(param_sum)
-        if state_layout is not None:
-            state_sum = state_layout.unpack(state_sum)
         if persistent:
             self.learner.assign_rule_states(rule_states)
         # Reptile's meta-gradient theta - mean(theta_task), as a sum of
         # per-task terms scaled by 1 / global meta-batch, so that the
         # optimizers' cross-replica sum is the mean over every task.
         scale = _global_batch_fraction(batch)
-        norms = []
+        squares = []
         for group, optimizer in self.group_optimizers.items():
-            variables = fm.variables(group)
-            deltas = [(batch * meta_params[v.path] - param_sum[v.path]) * scale for v in variables]
-            norms.extend(deltas)
-            optimizer.apply_gradients(zip(deltas, variables))
-        self._state_mean_update(state_sum, batch)
+            if group not in layouts:
+                continue  # A group without variables in this model.
+            layout = layouts[group]
+            delta = (batch * layout.pack(meta_params) - param_sum[group]) * scale
+            squares.append(tf.reduce_sum(tf.square(delta)))
+            deltas = layout.unpack(delta)
+            variables = [fm.variables_by_path[p] for p in layout.paths]
+            optimizer.apply_gradients(zip([deltas[p] for p in layout.paths], variables))
+        if state_layout is None:
+            self._state_mean_update({p: s / batch for p, s in state_sum.items()})
+        else:
+            self._state_mean_update(state_layout.unpack(state_sum / batch))
         return {
             "meta/loss": ql_sum / batch,
             "query/loss": (ql_sum / batch)[None],
             "query/metric": (qm_sum / batch)[None],
-            "meta/grad_norm": tf.linalg.global_norm(norms),
+            "meta/grad_norm": tf.sqrt(tf.add_n(squares)) if squares else tf.zeros([]),
         }
 
 

@@ -1,0 +1,121 @@
+r"""Where a process's resident memory goes: TensorFlow per graph node, and a config's data.
+
+Two profiles behind the memory figures of docs/performance.md (issue 9), each
+printing one JSON line of resident-set sizes (MB, from /proc/self/status:
+``rss`` now, ``hwm`` the peak so far):
+
+- ``--what=nodes``: a `tf.function` of ``--nodes`` small ops (a chain of
+  ``x * uniform() + 1``), measured after `import tensorflow`, after tracing,
+  after the first call and after handing freed memory back (``malloc_trim``):
+  what TensorFlow costs per graph node on this machine, whatever the model.
+- ``--what=data``: a config's task source, measured after building it and
+  after the first meta-batch from its tf.data stream (the memory a run holds
+  before its first step).
+
+  python tools/memory_profile.py --what=nodes --nodes=20000
+  python tools/memory_profile.py --what=data --config=configs/bench/mamlpp_omniglot_5w1s_mb8.py
+"""
+
+import ctypes
+import gc
+import json
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_WHAT = flags.DEFINE_enum("what", "nodes", ["nodes", "data"], "Which profile.")
+_NODES = flags.DEFINE_integer("nodes", 20000, "--what=nodes: links of the op chain.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "--what=data: a training config.")
+_SPLIT = flags.DEFINE_string("split", "train", "--what=data: the split.")
+
+
+def memory_mb():
+    """``{"rss": MB, "hwm": MB}`` of this process (empty where /proc is missing)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out["rss" if line.startswith("VmRSS") else "hwm"] = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return out
+
+
+def _trim():
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def profile_nodes(num_links):
+    """Memory after import, tracing, first call and trim for a chain of `num_links` links."""
+    import tensorflow as tf
+
+    out = {"imported": memory_mb()}
+
+    @tf.function
+    def chain(x):
+        for _ in range(num_links):
+            x = x * tf.random.uniform([]) + 1.0
+        return x
+
+    t = time.perf_counter()
+    concrete = chain.get_concrete_function(tf.constant(1.0))
+    out["trace_s"] = round(time.perf_counter() - t, 2)
+    out["traced"] = memory_mb()
+    graph = concrete.graph.as_graph_def()
+    out["graph_nodes"] = len(graph.node)
+    del graph
+    _trim()
+    out["traced_trimmed"] = memory_mb()
+    t = time.perf_counter()
+    chain(tf.constant(1.0))
+    out["first_call_s"] = round(time.perf_counter() - t, 2)
+    out["called"] = memory_mb()
+    _trim()
+    out["called_trimmed"] = memory_mb()
+    nodes = out["graph_nodes"]
+    base = out["traced_trimmed"]["rss"]
+    out["kb_per_node"] = {
+        "trace (held)": round((base - out["imported"]["rss"]) * 1024 / nodes, 1),
+        "first call (peak)": round((out["called"]["hwm"] - base) * 1024 / nodes, 1),
+        "first call (held)": round((out["called_trimmed"]["rss"] - base) * 1024 / nodes, 1),
+    }
+    return out
+
+
+def profile_data(config, split):
+    import tensorflow as tf  # noqa: F401  (what the import alone holds)
+
+    from tfmetanas.experiment import trainer
+
+    out = {"imported": memory_mb()}
+    experiment = trainer.Experiment(config, splits=(split,))
+    out["experiment"] = memory_mb()
+    source = experiment.sources[split]
+    iterator = iter(source.dataset(0, int(config.meta.meta_batch_size)))
+    next(iterator)
+    out["first_batch"] = memory_mb()
+    _trim()
+    out["trimmed"] = memory_mb()
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _WHAT.value == "nodes":
+        result = profile_nodes(_NODES.value)
+    else:
+        if _CONFIG.value is None:
+            raise app.UsageError("--what=data needs --config.")
+        result = profile_data(_CONFIG.value, _SPLIT.value)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
