@@ -189,6 +189,9 @@ def test_adapt_phases_rejects_bad_phases():
         learner.adapt_phases(task, [inner.Phase(0, ("weights",), learner.forward_kwargs)])
     with pytest.raises(errors.ConfigError, match="without a rule"):
         learner.adapt_phases(task, [inner.Phase(2, ("meta",), learner.forward_kwargs)])
+    with pytest.raises(errors.ConfigError, match="same call arguments"):
+        learner.adapt_phases(task, [inner.Phase(2, ("weights",), learner.forward_kwargs),
+                                    inner.Phase(2, ("weights",), inner.default_forward_kwargs)])
 
 
 def test_meta_test_adapts_arch_then_weights_only():

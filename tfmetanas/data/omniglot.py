@@ -138,9 +138,10 @@ def _read_set(path, image_size):
     return images, np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
 
 
-@functools.lru_cache(maxsize=8)
-def _load_set_cached(path, signature, image_size):
-    del signature  # Part of the memo key only: a changed file is reloaded.
+def _load_set_cached(path, image_size):
+    # Read from the on-disk cache every time, not memoised in memory: a copy
+    # kept for the process's life would cost as much as the images themselves
+    # (the sources keep their own tensor); reading the file takes ~0.1 s.
     name = f"omniglot-v{_CACHE_VERSION}-{os.path.basename(path)}-{image_size}px-" + (
         base.cache_key(base.file_signature(path), image_size) + ".npz"
     )
@@ -170,7 +171,7 @@ def load_omniglot_set(folder, name, image_size=28):
       DataError: the set is missing, corrupt or incomplete.
     """
     path = _locate(folder, name)
-    return _load_set_cached(path, base.file_signature(path), int(image_size))
+    return _load_set_cached(path, int(image_size))
 
 
 def _proportional(n, scheme):

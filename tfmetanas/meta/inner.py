@@ -400,7 +400,13 @@ class TaskLearner:
             local = step - tf.gather(tf.constant(starts[:-1], tf.int32), index)
             kwargs = {}
             for k, phase in enumerate(phases):
-                for key, value in phase.forward_kwargs(local, phase.num_steps).items():
+                values = phase.forward_kwargs(local, phase.num_steps)
+                if k and set(values) != set(kwargs):
+                    raise errors.ConfigError(
+                        "Every phase must give the model the same call arguments, got "
+                        f"{sorted(kwargs)} and {sorted(values)}."
+                    )
+                for key, value in values.items():
                     value = tf.convert_to_tensor(value)
                     kwargs[key] = value if k == 0 else tf.where(
                         tf.equal(index, k), value, tf.cast(kwargs[key], value.dtype)
