@@ -266,6 +266,51 @@ def test_masked_soft_pruning_equals_skipping_ops_with_conds(size):
         tf.debugging.assert_near(grads_m[path], grads_c[path], atol=5e-5, rtol=1e-4)
 
 
+def test_without_running_stats_training_is_the_same_and_leaves_the_statistics():
+    """`running_stats=False` (transductive BN): same outputs and gradients in
+    training mode, moving statistics untouched, a smaller traced graph."""
+    x = tf.random.stateless_normal((4, 9, 9, 1), seed=[3, 4])
+    results = {}
+    for track in (True, False):
+        net = make_net(primitives=ALL_OPS, num_nodes=3, running_stats=track)
+        if not track:
+            net.set_weights(results[True][0])
+        fm = FunctionalModel(net)
+        params = {**fm.params(), **sparse_arch(net, 1)}
+
+        @tf.function
+        def step(params, state, fm=fm):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                out, new_state = fm(params, state, x, training=True, temperature=0.01)
+                loss = tf.reduce_sum(tf.sin(out))
+            return out, new_state, tape.gradient(loss, params)
+
+        state = fm.state()
+        nodes = len(step.get_concrete_function(params, state).graph.as_graph_def().node)
+        results[track] = (net.get_weights(), state, nodes, *step(params, state))
+    _, state_before, nodes_t, out_t, state_t, grads_t = results[True]
+    _, _, nodes_f, out_f, state_f, grads_f = results[False]
+    tf.debugging.assert_near(out_f, out_t, atol=1e-6, rtol=1e-6)
+    for path in grads_t:
+        tf.debugging.assert_near(grads_f[path], grads_t[path], atol=1e-6, rtol=1e-5)
+    assert any(not np.allclose(state_t[p], state_before[p]) for p in state_t)
+    for path, value in state_f.items():
+        np.testing.assert_array_equal(value, state_before[path], err_msg=path)
+    assert nodes_f < nodes_t
+
+
+def test_running_bn_mode_needs_running_stats():
+    from tfmetanas.experiment import trainer
+    from tfmetanas.experiment.defaults import metanas_config
+
+    config = metanas_config("glyphs", 3, 1, 1, arch_lr=1e-3)
+    assert config.model.darts.running_stats is False  # transductive: never read
+    config.inner.bn_mode = "running"
+    with pytest.raises(errors.ConfigError, match="running_stats"):
+        trainer.Experiment(config, splits=("train",))
+
+
 # -- hard pruning and the discrete network --------------------------------------
 
 

@@ -57,6 +57,7 @@ def base_config():
     config.model.darts.prune_threshold = 0.01  # soft pruning in the forward pass (0: off)
     config.model.darts.hard_threshold = 0.01  # hard pruning at the end of task learning
     config.model.darts.soft_prune = "mask"  # mask: pruned ops scaled by 0 | cond: skipped by tf.cond
+    config.model.darts.running_stats = True  # BN moving statistics updated (False: never read)
     config.model.darts.stem_multiplier = 3
     config.model.darts.reduction_channel_multiplier = 1  # 1: constant channel count
 
@@ -152,6 +153,9 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     config.meta.schedule = "linear"
     config.meta.meta_batch_size = 10
     config.metanas.eval_arch_steps, config.metanas.eval_weight_steps = 50, 50
+    # Transductive BN normalises with batch statistics everywhere (export
+    # recalibrates from the support set): no moving-average updates to carry.
+    config.model.darts.running_stats = False
     config.train.steps = steps
     config.train.eval_every = 1000
     # Many small independent ops (7 per edge, 9 edges per cell): one thread

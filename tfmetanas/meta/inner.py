@@ -427,7 +427,7 @@ class TaskLearner:
             for g in updated:
                 layout, rule = layouts[g], self.rules[g]
                 for k, phase in enumerate(phases):
-                    if k and g in phase.restart_rules:
+                    if g in phase.restart_rules:
                         fresh = rule.init(
                             {rules_lib.FLAT: flat[g]} if packed_rules[g] else layout.unpack(flat[g])
                         )

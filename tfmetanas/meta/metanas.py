@@ -247,6 +247,11 @@ def build_algorithm(config, fmodel, kind):
     t_min = float(_get(section, "t_min", 0.1))
     annealing = TemperatureAnnealing(t_max, t_min)
     learner = algorithms.build_task_learner(config, fmodel, kind, forward_kwargs=annealing)
+    if learner.bn_mode == "running" and not getattr(fmodel.model, "running_stats", True):
+        raise errors.ConfigError(
+            "inner.bn_mode='running' normalises queries with the moving statistics, but "
+            "model.darts.running_stats=False never updates them: set it to True."
+        )
     fixed = inner.TaskLearner(
         fmodel, learner.rules, learner.inner_steps, kind=kind, bn_mode=learner.bn_mode,
         forward_kwargs=ConstantTemperature(t_min), batch_size=learner.batch_size,

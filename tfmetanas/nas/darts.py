@@ -438,6 +438,12 @@ class SearchNetwork(_CellNetwork):
         own `tf.cond` (the reference code's behaviour): saves the pruned ops'
         compute, at twice the trace time and graph memory, and a host
         round trip per op on accelerators. docs/performance.md has both.
+      running_stats: whether training calls update the BN layers' moving
+        statistics. False for runs that normalise with batch statistics
+        everywhere (METANAS's transductive BN; export recalibrates from the
+        support set), where nothing reads them: the same outputs and
+        gradients, and a smaller graph (no moving-average update and its
+        pruning mask per BN layer and step).
 
     Call: ``model(x, training=False, temperature=1.0, hard_prune=False)`` ->
     logits, with `x` NHWC float images; `temperature` a python float or scalar
@@ -465,6 +471,7 @@ class SearchNetwork(_CellNetwork):
         reduction_channel_multiplier=1,
         hard_threshold=0.01,
         soft_prune="mask",
+        running_stats=True,
         name="search_network",
         **kwargs,
     ):
@@ -511,6 +518,10 @@ class SearchNetwork(_CellNetwork):
             for i, (c, reduction, reduction_prev) in enumerate(self._cell_layout())
         ]
         self.num_edges = sum(j + 2 for j in range(num_nodes))
+        self.running_stats = bool(running_stats)
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, ops_lib.BatchNorm):
+                layer.track_running_stats = self.running_stats
 
     def build(self, input_shape):
         init = keras.initializers.RandomNormal(stddev=1e-3)  # DARTS: 1e-3 * N(0, 1).

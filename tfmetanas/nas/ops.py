@@ -195,6 +195,10 @@ class BatchNorm(keras.layers.Layer):
         self.momentum = momentum
         self.epsilon = epsilon
         self.affine = affine
+        # False: training calls leave the moving statistics alone (PyTorch's
+        # track_running_stats=False, but inference still reads them); for
+        # networks that only ever normalise with batch statistics.
+        self.track_running_stats = True
 
     def build(self, input_shape):
         c = input_shape[-1]
@@ -224,7 +228,10 @@ class BatchNorm(keras.layers.Layer):
         )
 
     def update_moving(self, mean, variance):
-        """Moves the moving statistics towards a batch's `mean` and `variance`."""
+        """Moves the moving statistics towards a batch's `mean` and `variance`
+        (nothing if the layer does not track running statistics)."""
+        if not self.track_running_stats:
+            return
         m = self.momentum
         assign_state(self.moving_mean, m * self.moving_mean.value + (1.0 - m) * mean)
         assign_state(self.moving_variance, m * self.moving_variance.value + (1.0 - m) * variance)
