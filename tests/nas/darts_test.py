@@ -230,6 +230,20 @@ ALL_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_1x5_5x1", "conv
            "sep_conv_3x3", "dil_conv_3x3")
 
 
+def _training_step(fm, x):
+    """A compiled training-mode call at T = 0.01: (outputs, new state, gradients)."""
+
+    @tf.function
+    def step(params, state):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            out, new_state = fm(params, state, x, training=True, temperature=0.01)
+            loss = tf.reduce_sum(tf.sin(out))
+        return out, new_state, tape.gradient(loss, params)
+
+    return step
+
+
 @pytest.mark.parametrize("size", [8, 9])
 def test_masked_soft_pruning_equals_skipping_ops_with_conds(size):
     # The same function, BN statistics and gradients (weights and architecture)
@@ -243,15 +257,7 @@ def test_masked_soft_pruning_equals_skipping_ops_with_conds(size):
             net.set_weights(results["cond"][0])
         fm = FunctionalModel(net)
         params = {**fm.params(), **sparse_arch(net, 1)}
-
-        @tf.function
-        def step(params, state, fm=fm):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                out, new_state = fm(params, state, x, training=True, temperature=0.01)
-                loss = tf.reduce_sum(tf.sin(out))
-            return out, new_state, tape.gradient(loss, params)
-
+        step = _training_step(fm, x)
         results[mode] = (net.get_weights(), *step(params, fm.state()))
     _, out_c, state_c, grads_c = results["cond"]
     _, out_m, state_m, grads_m = results["mask"]
@@ -277,15 +283,7 @@ def test_without_running_stats_training_is_the_same_and_leaves_the_statistics():
             net.set_weights(results[True][0])
         fm = FunctionalModel(net)
         params = {**fm.params(), **sparse_arch(net, 1)}
-
-        @tf.function
-        def step(params, state, fm=fm):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                out, new_state = fm(params, state, x, training=True, temperature=0.01)
-                loss = tf.reduce_sum(tf.sin(out))
-            return out, new_state, tape.gradient(loss, params)
-
+        step = _training_step(fm, x)
         state = fm.state()
         nodes = len(step.get_concrete_function(params, state).graph.as_graph_def().node)
         results[track] = (net.get_weights(), state, nodes, *step(params, state))
