@@ -200,14 +200,11 @@ class TaskLearner:
         """Current values of the adapted groups (or of `groups`)."""
         return self.fmodel.params(tuple(groups or self.rules))
 
-    def forward(self, params, state, x, step, num_steps, training):
-        return self.fmodel(
-            params, state, x, training=training, **self.forward_kwargs(step, num_steps)
-        )
-
-    def _query(self, params, state, task, step, num_steps):
+    def _query(self, params, state, task, step, num_steps, forward_kwargs=None):
+        """Query outputs, loss and metric; `forward_kwargs` defaults to the learner's."""
         training = self.bn_mode == "transductive"
-        outputs, _ = self.forward(params, state, task["query_x"], step, num_steps, training)
+        kwargs = (forward_kwargs or self.forward_kwargs)(step, num_steps)
+        outputs, _ = self.fmodel(params, state, task["query_x"], training=training, **kwargs)
         loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
         return outputs, loss, metric
 
@@ -381,10 +378,14 @@ class TaskLearner:
                   for g, s in rule_states.items()}
             return flat, state_layout.pack(state) if pack_state else state, rs
 
-        def from_loop(flat, state, rs):
+        def unpack_params(flat):
             params = {}
             for g, layout in layouts.items():
                 params.update(layout.unpack(flat[g]))
+            return params
+
+        def from_loop(flat, state, rs):
+            params = unpack_params(flat)
             rs = {g: rules_lib.unpack_state(s, layouts[g]) if packed_rules[g] else s
                   for g, s in rs.items()}
             return params, state_layout.unpack(state) if pack_state else state, rs
@@ -415,9 +416,7 @@ class TaskLearner:
 
         def body(step, flat, state, rule_states, support_losses):
             index, local, kwargs = phase_values(step)
-            params = {}
-            for g, layout in layouts.items():
-                params.update(layout.unpack(flat[g]))
+            params = unpack_params(flat)
             if pack_state:
                 state = state_layout.unpack(state)
             grads, state, loss = self._gradients(
@@ -426,11 +425,10 @@ class TaskLearner:
             flat, rule_states = dict(flat), dict(rule_states)
             for g in updated:
                 layout, rule = layouts[g], self.rules[g]
+                sub = {p: params[p] for p in layout.paths}
                 for k, phase in enumerate(phases):
                     if g in phase.restart_rules:
-                        fresh = rule.init(
-                            {rules_lib.FLAT: flat[g]} if packed_rules[g] else layout.unpack(flat[g])
-                        )
+                        fresh = rule.init({rules_lib.FLAT: flat[g]} if packed_rules[g] else sub)
                         rule_states[g] = select(tf.equal(step, int(starts[k])), fresh,
                                                 rule_states[g])
                 if packed_rules[g]:
@@ -440,7 +438,6 @@ class TaskLearner:
                     )
                     new = new[rules_lib.FLAT]
                 else:
-                    sub = {p: params[p] for p in layout.paths}
                     new, new_rs = rule.apply(
                         local, {p: grads[p] for p in layout.paths}, sub, rule_states[g]
                     )
@@ -464,10 +461,8 @@ class TaskLearner:
         )
         params, state, rule_states = from_loop(flat, loop_state, loop_rules)
         last = phases[-1]
-        training = self.bn_mode == "transductive"
-        outputs, _ = self.fmodel(params, state, task["query_x"], training=training,
-                                 **last.forward_kwargs(last.num_steps - 1, last.num_steps))
-        loss, metric = loss_and_metric(self.kind, outputs, task["query_y"])
+        outputs, loss, metric = self._query(params, state, task, last.num_steps - 1,
+                                            last.num_steps, last.forward_kwargs)
         return TaskResult(
             params=params,
             state=state,
