@@ -361,15 +361,12 @@ class TaskLearner:
         batches = None if tables[0] is None else tf.concat(tables, 0)
         starts = np.cumsum([0] + [p.num_steps for p in phases])
         num_steps = int(starts[-1])
-        by_group = {}
-        for p, v in params.items():
-            by_group.setdefault(self.fmodel.group_of[p], {})[p] = v
-        layouts = {g: params_lib.Packing(d) for g, d in by_group.items()}
+        layouts = params_lib.Packing.by_group(params, self.fmodel.group_of)
         packed_rules = {
             g: g in layouts and self.rules[g].elementwise for g in rule_states
         }
-        pack_state = params_lib.Packing.supports(state)
-        state_layout = params_lib.Packing(state) if pack_state else None
+        state_layout = params_lib.Packing.if_supported(state)
+        pack_state = state_layout is not None
         updated = [g for g in self.rules if any(g in p.groups for p in phases)]
 
         def to_loop(params, state, rule_states):

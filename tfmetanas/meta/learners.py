@@ -275,13 +275,9 @@ class Reptile(MetaLearner):
         # The sums over tasks are carried packed, one vector per group and one
         # for the BN state (`params.Packing`): a loop of a few variables
         # instead of hundreds, and Reptile's update a few ops per group.
-        layouts = {}
-        for g in self.learner.rules:
-            sub = {p: v for p, v in meta_params.items() if fm.group_of[p] == g}
-            if sub:
-                layouts[g] = params_lib.Packing(sub)
+        layouts = params_lib.Packing.by_group(meta_params, fm.group_of)
         state = fm.state()
-        state_layout = params_lib.Packing(state) if params_lib.Packing.supports(state) else None
+        state_layout = params_lib.Packing.if_supported(state)
 
         def body(b, param_sum, state_sum, ql_sum, qm_sum, rule_states):
             result = self.learner.adapt(

@@ -185,6 +185,19 @@ class Packing:
         dtypes = {tf.as_dtype(v.dtype) for v in values.values()}
         return len(dtypes) <= 1 and all(v.shape.is_fully_defined() for v in values.values())
 
+    @classmethod
+    def if_supported(cls, values):
+        """The `Packing` of `values`, or None where `supports` says no."""
+        return cls(values) if cls.supports(values) else None
+
+    @classmethod
+    def by_group(cls, values, group_of):
+        """``{group: Packing}`` of the non-empty parameter groups of `values`."""
+        groups = {}
+        for path, value in values.items():
+            groups.setdefault(group_of[path], {})[path] = value
+        return {g: cls(d) for g, d in groups.items()}
+
     def pack(self, values):
         """``[total]``: the tensors of `values` (in layout order), flattened and concatenated."""
         if not self.paths:
