@@ -320,13 +320,13 @@ class Reptile(MetaLearner):
         # per-task terms scaled by 1 / global meta-batch, so that the
         # optimizers' cross-replica sum is the mean over every task.
         scale = _global_batch_fraction(batch)
-        squares = []
+        packed_deltas = []
         for group, optimizer in self.group_optimizers.items():
             if group not in layouts:
                 continue  # A group without variables in this model.
             layout = layouts[group]
             delta = (batch * layout.pack(meta_params) - param_sum[group]) * scale
-            squares.append(tf.reduce_sum(tf.square(delta)))
+            packed_deltas.append(delta)
             deltas = layout.unpack(delta)
             variables = [fm.variables_by_path[p] for p in layout.paths]
             optimizer.apply_gradients(zip([deltas[p] for p in layout.paths], variables))
@@ -338,7 +338,7 @@ class Reptile(MetaLearner):
             "meta/loss": ql_sum / batch,
             "query/loss": (ql_sum / batch)[None],
             "query/metric": (qm_sum / batch)[None],
-            "meta/grad_norm": tf.sqrt(tf.add_n(squares)) if squares else tf.zeros([]),
+            "meta/grad_norm": tf.linalg.global_norm(packed_deltas),
         }
 
 
