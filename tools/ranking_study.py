@@ -36,6 +36,7 @@ import glob
 import importlib.util
 import json
 import os
+import sys
 import time
 import types
 
@@ -344,10 +345,10 @@ def main(argv):
     parts = argv[1:]
     if len(parts) != 1 or parts[0] not in PARTS:
         raise app.UsageError(f"Name one part: {' | '.join(PARTS)}; got {parts}.")
-    args = types.SimpleNamespace(**{name: FLAGS[name].value for name in (
-        "out_dir", "seed", "k", "num_archs", "arch_seed", "image_size", "num_classes",
-        "val_per_class", "channels", "cells_per_stage", "batch_size", "steps", "ref_steps",
-        "ref_learning_rate", "calibration_batches", "threads")})
+    # Every flag this file defines, as the attributes the parts read.
+    args = types.SimpleNamespace(**{
+        f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])
+    })
     os.makedirs(args.out_dir, exist_ok=True)
     if parts[0] != "table" and args.threads:
         import tensorflow as tf
