@@ -7,6 +7,7 @@ import tensorflow as tf
 from tests.meta import helpers
 from tfmetanas import errors
 from tfmetanas.meta import inner, rules
+from tfmetanas.models import params as params_lib
 
 
 def test_batch_indices_cover_each_example_once_per_epoch():
@@ -50,3 +51,46 @@ def test_mini_batch_steps_equal_manual_sgd(use_while_loop):
 def test_negative_batch_size_is_a_config_error():
     with pytest.raises(errors.ConfigError, match="batch_size"):
         inner.TaskLearner(helpers.tiny_conv(), {"weights": rules.SGD(0.1)}, 5, batch_size=-1)
+
+
+def test_packing_an_unpacking_again_gives_back_the_vector():
+    values = {"a": tf.reshape(tf.range(6.0), (2, 3)), "b": tf.range(4.0) + 10.0}
+    layout = params_lib.Packing(values)
+    flat = layout.pack(values)
+
+    @tf.function(autograph=False)
+    def round_trip(flat):
+        unpacked = layout.unpack(flat)
+        changed = dict(unpacked, b=unpacked["b"] * 2.0)
+        swapped = params_lib.Packing({"b": values["b"], "a": values["a"]})
+        return (layout.pack(unpacked), layout.pack(changed),
+                swapped.pack(unpacked), layout.pack(dict(unpacked)))
+
+    same, changed, swapped, copied = round_trip(flat)
+    graph = round_trip.get_concrete_function(flat).graph
+    # The untouched unpacking is packed back as the vector itself (one concat:
+    # the changed dict's; the swapped order's; not the plain round trip's).
+    assert sum(op.type == "ConcatV2" for op in graph.get_operations()) == 2
+    np.testing.assert_array_equal(same.numpy(), flat.numpy())
+    np.testing.assert_array_equal(copied.numpy(), flat.numpy())
+    np.testing.assert_array_equal(changed.numpy(), [0, 1, 2, 3, 4, 5, 20, 22, 24, 26])
+    np.testing.assert_array_equal(swapped.numpy(), [10, 11, 12, 13, 0, 1, 2, 3, 4, 5])
+    # Eagerly there is nothing to look up: an ordinary round trip.
+    np.testing.assert_array_equal(layout.pack(layout.unpack(flat)).numpy(), flat.numpy())
+
+
+def test_while_loop_adam_equals_unrolled_steps_and_rule_states_are_optional():
+    # The loop starts element-wise rules' states packed; the unrolled steps do not pack.
+    fm = helpers.tiny_conv(bn={"affine_group": "weights"})
+    learner = inner.TaskLearner(fm, {"weights": rules.Adam(0.01)}, 3)
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1, ways=3, shots=2).items()}
+    loop = learner.adapt(task, use_while_loop=True, track_all_steps=False)
+    unrolled = learner.adapt(task, use_while_loop=False, track_all_steps=False)
+    for path in unrolled.params:
+        np.testing.assert_allclose(loop.params[path].numpy(), unrolled.params[path].numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=path)
+    for a, b in zip(tf.nest.flatten(loop.rule_states), tf.nest.flatten(unrolled.rule_states)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    lean = learner.adapt(task, use_while_loop=True, keep_rule_states=False)
+    assert lean.rule_states is None
+    np.testing.assert_allclose(lean.query_losses.numpy(), loop.query_losses.numpy(), rtol=1e-6)

@@ -208,9 +208,17 @@ def test_meta_test_adapts_arch_then_weights_only():
     assert any(not np.allclose(final.params[v.path].numpy(), first.params[v.path].numpy())
                for v in fm.variables("weights"))
     # The last query metric is the pruned network's, the one before the search network's.
+    # Both are scored in one loop (hard pruning a run-time argument): the same
+    # numbers as the two forward passes built separately.
     pruned = alg.pruned_forward(final.params, final.state, task["query_x"])
     np.testing.assert_allclose(final.query_outputs.numpy(), pruned.numpy(), rtol=1e-6)
     assert final.query_metrics.shape == (2,)
+    _, loss, metric = alg.learner._query(final.params, final.state, task, 0, 1,  # noqa: SLF001
+                                         alg.fixed_learner.forward_kwargs)
+    np.testing.assert_allclose(final.query_losses[0].numpy(), loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(final.query_metrics[0].numpy(), metric.numpy(), rtol=1e-6)
+    pruned_loss, _ = inner.loss_and_metric(alg.learner.kind, pruned, task["query_y"])
+    np.testing.assert_allclose(final.query_losses[1].numpy(), pruned_loss.numpy(), rtol=1e-5)
 
 
 def metanas_config(algorithm="reptile"):

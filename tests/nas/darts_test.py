@@ -424,3 +424,25 @@ def test_plots_write_pngs(tmp_path):
     for path in (cell_png, hist_png):
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("strategy,threshold", [("ops_and_inputs", 0.01),
+                                                ("ops_and_inputs", 0.0), ("ops", 0.01),
+                                                ("none", 0.0)])
+def test_hard_prune_tensor_equals_python_bool(strategy, threshold, images):
+    # A boolean tensor picks, in one graph, what hard_prune=True/False build.
+    # "none" ignores the threshold: the unpruned network computes every op.
+    net = make_net(sparsify=strategy, prune_threshold=threshold, hard_threshold=0.2)
+    fm = FunctionalModel(net)
+    params = {**fm.params(), **sparse_arch(net, 7, keep=(1.0, 0.2))}
+
+    @tf.function
+    def both(flag):
+        return fm(params, fm.state(), images, training=True, temperature=0.3, hard_prune=flag)[0]
+
+    for flag in (False, True):
+        want, _ = fm(params, fm.state(), images, training=True, temperature=0.3, hard_prune=flag)
+        np.testing.assert_allclose(both(tf.constant(flag)).numpy(), want.numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=f"hard_prune={flag}")
+    pruned = both(tf.constant(True)).numpy()
+    assert not np.allclose(pruned, both(tf.constant(False)).numpy()), "pruning changed nothing"

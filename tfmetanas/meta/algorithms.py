@@ -168,7 +168,8 @@ class Algorithm:
 
     def test_adapt(self, task):
         """Meta-test adaptation of one task (first order, `eval_steps` steps)."""
-        return self.learner.adapt(task, num_steps=self.eval_steps, use_while_loop=True)
+        return self.learner.adapt(task, num_steps=self.eval_steps, use_while_loop=True,
+                                  keep_rule_states=False)
 
     def scalars(self, iteration):
         """Summary values that depend only on the iteration and the variables.

@@ -258,6 +258,7 @@ class TaskLearner:
         track_all_steps=True,
         use_while_loop=False,
         rule_states=None,
+        keep_rule_states=True,
     ):
         """Adapts to one task.
 
@@ -274,6 +275,9 @@ class TaskLearner:
             per-step curves) or only after the last.
           use_while_loop: run the steps in `tf.while_loop` (first order only).
           rule_states: continue from these rule states (phased adaptation).
+          keep_rule_states: False leaves ``rule_states`` of the result None
+            (with `use_while_loop`, the loop's packed rule states are then
+            not unpacked: graph nodes nobody reads).
 
         Returns:
           A `TaskResult`.
@@ -284,8 +288,6 @@ class TaskLearner:
             params = self.initial_params()
         if state is None:
             state = self.fmodel.state()
-        if rule_states is None:
-            rule_states = self.initial_rule_states(params)
 
         if use_while_loop:
             if second_order:
@@ -293,7 +295,10 @@ class TaskLearner:
                     "A tf.while_loop inner loop is first order only; unroll it for second order."
                 )
             phase = Phase(num_steps, groups, self.forward_kwargs)
-            return self._adapt_while(task, params, state, rule_states, [phase])
+            return self._adapt_while(task, params, state, rule_states, [phase],
+                                     keep_rule_states)
+        if rule_states is None:
+            rule_states = self.initial_rule_states(params)
 
         batches = self.batch_indices(task["support_x"].shape[0], num_steps)
 
@@ -318,10 +323,10 @@ class TaskLearner:
             query_losses=tf.stack(query_losses),
             query_metrics=tf.stack(query_metrics),
             query_outputs=outputs,
-            rule_states=rule_states,
+            rule_states=rule_states if keep_rule_states else None,
         )
 
-    def adapt_phases(self, task, phases, params=None, state=None):
+    def adapt_phases(self, task, phases, params=None, state=None, queries=None):
         """Adapts to one task in phases, all in one `tf.while_loop` (first order).
 
         Each `Phase` runs its steps on its groups with its own model-call
@@ -331,9 +336,19 @@ class TaskLearner:
         not once per phase: METANAS's "50+50" meta-test (weights and
         architecture, then weights only at the final temperature).
 
+        Args:
+          task, params, state: as `adapt`.
+          phases: `Phase` tuples.
+          queries: None, or a list of dicts of model-call arguments (the same
+            keys; values may be tensors) to score the query set with after
+            the last step, all in one `tf.while_loop` so that the graph holds
+            the forward pass once (METANAS: the search network and its
+            hard-pruned network). None scores it once with the last phase's
+            arguments.
+
         Returns:
-          A `TaskResult` with the support losses of every step and the query
-          scored after the last (with the last phase's call arguments).
+          A `TaskResult` with the support losses of every step and one query
+          loss and metric per query (outputs: the last query's).
         """
         phases = [Phase(*p) for p in phases]
         if not phases or any(p.num_steps < 1 for p in phases):
@@ -345,16 +360,25 @@ class TaskLearner:
             params = self.initial_params()
         if state is None:
             state = self.fmodel.state()
-        rule_states = self.initial_rule_states(params)
-        return self._adapt_while(task, params, state, rule_states, phases)
+        if queries is not None:
+            queries = [dict(q) for q in queries]
+            if not queries or any(set(q) != set(queries[0]) for q in queries):
+                raise errors.ConfigError(
+                    "Queries need at least one entry, all with the same model-call arguments, "
+                    f"got {[sorted(q) for q in queries]}."
+                )
+        return self._adapt_while(task, params, state, None, phases, queries=queries)
 
-    def _adapt_while(self, task, params, state, rule_states, phases):
+    def _adapt_while(self, task, params, state, rule_states, phases, keep_rule_states=True,
+                     queries=None):
         """The inner steps of `phases` in a `tf.while_loop` that carries packed vectors.
 
         The loop carries one vector per parameter group, one for the BN state
         and, for element-wise rules, packed rule states (`Packing`): the
         same numbers as carrying the dicts, with a loop of a few variables
         instead of hundreds and one update per group instead of one per tensor.
+        `rule_states` None starts from `initial_rule_states`, fresh states of
+        element-wise rules made packed (one zero vector, not one per tensor).
         """
         support_size = task["support_x"].shape[0]
         tables = [self.batch_indices(support_size, p.num_steps) for p in phases]
@@ -362,17 +386,24 @@ class TaskLearner:
         starts = np.cumsum([0] + [p.num_steps for p in phases])
         num_steps = int(starts[-1])
         layouts = params_lib.Packing.by_group(params, self.fmodel.group_of)
-        packed_rules = {
-            g: g in layouts and self.rules[g].elementwise for g in rule_states
-        }
+        packed_rules = {g: g in layouts and self.rules[g].elementwise for g in self.rules}
+        fresh = rule_states is None and self.rule_state_variables is None
+        if rule_states is None and not fresh:
+            rule_states = self.initial_rule_states(params)
         state_layout = params_lib.Packing.if_supported(state)
         pack_state = state_layout is not None
         updated = [g for g in self.rules if any(g in p.groups for p in phases)]
 
         def to_loop(params, state, rule_states):
             flat = {g: layout.pack(params) for g, layout in layouts.items()}
-            rs = {g: rules_lib.pack_state(s, layouts[g]) if packed_rules[g] else s
-                  for g, s in rule_states.items()}
+            if fresh:
+                rs = {g: rule.init({rules_lib.FLAT: flat[g]} if packed_rules[g] else
+                                   {p: v for p, v in params.items()
+                                    if self.fmodel.group_of[p] == g})
+                      for g, rule in self.rules.items()}
+            else:
+                rs = {g: rules_lib.pack_state(s, layouts[g]) if packed_rules[g] else s
+                      for g, s in rule_states.items()}
             return flat, state_layout.pack(state) if pack_state else state, rs
 
         def unpack_params(flat):
@@ -383,8 +414,11 @@ class TaskLearner:
 
         def from_loop(flat, state, rs):
             params = unpack_params(flat)
-            rs = {g: rules_lib.unpack_state(s, layouts[g]) if packed_rules[g] else s
-                  for g, s in rs.items()}
+            if keep_rule_states:
+                rs = {g: rules_lib.unpack_state(s, layouts[g]) if packed_rules[g] else s
+                      for g, s in rs.items()}
+            else:
+                rs = None
             return params, state_layout.unpack(state) if pack_state else state, rs
 
         def select(pred, new, old):
@@ -457,15 +491,52 @@ class TaskLearner:
             parallel_iterations=1,
         )
         params, state, rule_states = from_loop(flat, loop_state, loop_rules)
-        last = phases[-1]
-        outputs, loss, metric = self._query(params, state, task, last.num_steps - 1,
-                                            last.num_steps, last.forward_kwargs)
+        if queries is None or len(queries) == 1:
+            last = phases[-1]
+            forward_kwargs = last.forward_kwargs if queries is None else lambda *_: queries[0]
+            outputs, loss, metric = self._query(params, state, task, last.num_steps - 1,
+                                                last.num_steps, forward_kwargs)
+            losses, metrics = loss[None], metric[None]
+        else:
+            outputs, losses, metrics = self._query_loop(
+                task, queries, flat, unpack_params,
+                loop_state, state_layout.unpack if pack_state else lambda s: s,
+            )
         return TaskResult(
             params=params,
             state=state,
             support_losses=support_losses.stack(),
-            query_losses=loss[None],
-            query_metrics=metric[None],
+            query_losses=losses,
+            query_metrics=metrics,
             query_outputs=outputs,
             rule_states=rule_states,
         )
+
+    def _query_loop(self, task, queries, flat, unpack_params, loop_state, unpack_state):
+        """The query scored once per entry of `queries`, in one `tf.while_loop`.
+
+        The loop reads the packed parameters and state (a few captured
+        vectors, unpacked in the body) and picks each query's call arguments
+        from stacked values.
+
+        Returns:
+          ``(outputs of the last query, losses [n], metrics [n])``.
+        """
+        n = len(queries)
+        stacked = {k: tf.stack([tf.convert_to_tensor(q[k]) for q in queries]) for k in queries[0]}
+        dtype = task["query_x"].dtype
+
+        def body(i, outputs, losses, metrics):
+            kwargs = {k: v[i] for k, v in stacked.items()}
+            out, loss, metric = self._query(unpack_params(flat), unpack_state(loop_state), task,
+                                            0, 1, lambda *_: kwargs)
+            return i + 1, outputs.write(i, out), losses.write(i, loss), metrics.write(i, metric)
+
+        _, outputs, losses, metrics = tf.while_loop(
+            lambda i, *_: i < n,
+            body,
+            (tf.constant(0), tf.TensorArray(dtype, n), tf.TensorArray(dtype, n),
+             tf.TensorArray(dtype, n)),
+            parallel_iterations=1,
+        )
+        return outputs.read(n - 1), losses.stack(), metrics.stack()

@@ -287,6 +287,7 @@ class Reptile(MetaLearner):
                 groups=adapt_groups,
                 use_while_loop=self.while_loop,
                 rule_states=rule_states if persistent else None,
+                keep_rule_states=persistent,
             )
             param_sum = {g: param_sum[g] + layout.pack(result.params)
                          for g, layout in layouts.items()}

@@ -150,17 +150,14 @@ class MetaNAS(algorithms.Algorithm):
             phases.append(inner.Phase(self.weight_steps, ("weights",),
                                       self.fixed_learner.forward_kwargs,
                                       restart_rules=("weights",)))
-        result = self.learner.adapt_phases(task, phases)
-        outputs = self.pruned_forward(result.params, result.state, task["query_x"])
-        loss, metric = inner.loss_and_metric(self.learner.kind, outputs, task["query_y"])
-        return inner.TaskResult(
-            params=result.params,
-            state=result.state,
-            support_losses=result.support_losses,
-            query_losses=tf.stack([result.query_losses[-1], loss]),
-            query_metrics=tf.stack([result.query_metrics[-1], metric]),
-            query_outputs=outputs,
-        )
+        # The query is scored by the search network (the last phase's call
+        # arguments) and by its hard-pruned network, both in one loop too:
+        # hard pruning is a run-time argument of the same forward pass.
+        last = phases[-1]
+        unpruned = dict(last.forward_kwargs(last.num_steps - 1, last.num_steps))
+        unpruned["hard_prune"] = False
+        pruned = {**unpruned, "temperature": self.t_min, "hard_prune": True}
+        return self.learner.adapt_phases(task, phases, queries=[unpruned, pruned])
 
     def record(self, result):
         out = {p: result.params[p] for p in self.arch_paths}

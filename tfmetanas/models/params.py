@@ -168,6 +168,11 @@ class Packing:
       layout = Packing(params)
       flat = layout.pack(params)            # [total size]
       params = layout.unpack(flat)          # the same dict again
+
+    In a graph, packing the untouched tensors of an `unpack` (e.g. a BN state
+    the model returned as it got it, or a loop's result packed again by its
+    caller) returns the unpacked vector itself instead of rebuilding it: the
+    same value without a reshape per tensor and a concat.
     """
 
     def __init__(self, values):
@@ -202,6 +207,9 @@ class Packing:
         """``[total]``: the tensors of `values` (in layout order), flattened and concatenated."""
         if not self.paths:
             return tf.zeros([0], self.dtype)
+        source = _unpacked_source([values[p] for p in self.paths])
+        if source is not None:
+            return source
         flat_shape = tf.constant([-1])  # One shape constant for all the reshapes.
         return tf.concat([tf.reshape(values[p], flat_shape) for p in self.paths], axis=0)
 
@@ -211,7 +219,47 @@ class Packing:
             return {}
         shapes = {}  # One constant per distinct shape.
         pieces = tf.split(flat, self.sizes)
-        return {
+        out = {
             p: tf.reshape(x, shapes.setdefault(s, tf.constant(s, tf.int32)))
             for p, s, x in zip(self.paths, self.shapes, pieces)
         }
+        _remember_unpacked(list(out.values()), flat)
+        return out
+
+
+def _unpacked_registry():
+    """``{id(tensor): (tensor, flat, position, count)}`` of the current graph's
+    unpacked tensors (None when executing eagerly)."""
+    if tf.executing_eagerly():
+        return None
+    graph = tf.compat.v1.get_default_graph()
+    registry = getattr(graph, "_tfmetanas_unpacked", None)
+    if registry is None:
+        registry = {}
+        graph._tfmetanas_unpacked = registry  # noqa: SLF001 (our own attribute)
+    return registry
+
+
+def _remember_unpacked(tensors, flat):
+    registry = _unpacked_registry()
+    if registry is not None:
+        for i, t in enumerate(tensors):
+            # The tensor itself is kept, so its id cannot be reused in this graph.
+            registry[id(t)] = (t, flat, i, len(tensors))
+
+
+def _unpacked_source(tensors):
+    """The vector that `tensors` are, in order, the complete unpacking of; else None."""
+    registry = _unpacked_registry()
+    if not registry:
+        return None
+    flat = None
+    for i, t in enumerate(tensors):
+        entry = registry.get(id(t))
+        if entry is None or entry[0] is not t or entry[2] != i or entry[3] != len(tensors):
+            return None
+        if flat is None:
+            flat = entry[1]
+        elif entry[1] is not flat:
+            return None
+    return flat

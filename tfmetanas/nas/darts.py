@@ -450,7 +450,9 @@ class SearchNetwork(_CellNetwork):
     tensor. ``hard_prune=True`` computes the hard-pruned network of the current
     architecture in-graph: exactly what `discrete_from_search` builds at that
     temperature and `hard_threshold` (the kept ops with their unrenormalised
-    weights), so meta-test scores the pruned network without building it.
+    weights), so meta-test scores the pruned network without building it;
+    a boolean scalar tensor picks between the two at run time, so one graph
+    holds the forward pass for both (the meta-test scores both in one loop).
 
     References: Elsken et al., METANAS, arXiv:1912.09744, Sec. 3.3 and 4.1;
       Liu et al., DARTS, arXiv:1806.09055.
@@ -610,6 +612,27 @@ class SearchNetwork(_CellNetwork):
         best = tf.one_hot(tf.argmax(masked, axis=1), len(self.primitives), dtype=weights.dtype)
         return weights * best
 
+    def _hard_prune_at_run_time(self, hard_prune, weights, threshold):
+        """Mixing weights, threshold and input masks for a boolean tensor `hard_prune`.
+
+        The values of both settings, picked at run time, so that one graph
+        computes the search network and its hard-pruned network (soft pruning
+        at threshold 0 keeps every op: mixing weights are never negative).
+        """
+        hard_prune = tf.cast(hard_prune, tf.bool)
+        soft = tf.constant(0.0 if threshold is None else float(threshold))
+        edge_masks = {"normal": None, "reduce": None}
+        hard = self.hard_threshold
+        if self.sparsify != "ops_and_inputs":
+            free = tf.logical_not(hard_prune)
+            edge_masks = {k: [tf.logical_or(m, free) for m in self._top2_input_masks(w)]
+                          for k, w in weights.items()}
+            if self.sparsify == "none":
+                weights = {k: tf.where(hard_prune, self._top1_ops(w), w)
+                           for k, w in weights.items()}
+                hard = np.finfo(np.float32).tiny
+        return weights, tf.where(hard_prune, tf.constant(float(hard)), soft), edge_masks
+
     def _forward(self, x, training, temperature, build_pass=False, hard_prune=False):
         if self.sparsify == "none":
             op_tau, threshold = 1.0, None  # Vanilla DARTS: no temperature, no pruning.
@@ -627,7 +650,10 @@ class SearchNetwork(_CellNetwork):
             for kind in ("normal", "reduce")
         }
         edge_masks = {"normal": None, "reduce": None}
-        if hard_prune:
+        if tf.is_tensor(hard_prune):
+            weights, threshold, edge_masks = self._hard_prune_at_run_time(
+                hard_prune, weights, threshold)
+        elif hard_prune:
             if self.sparsify == "ops_and_inputs":
                 # Soft pruning at the hard threshold *is* the pruned network.
                 threshold = self.hard_threshold

@@ -259,9 +259,12 @@ def normalize_batch(x, epsilon, scale=None):
       the ordinary ops that computed them.
     """
     stats = []
-    axes = [0, 1, 2]
+    axes = tf.constant([0, 1, 2])  # One constant for the four reductions.
     scaled = scale is not None
     scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
+    # Values per channel; a Python number when the shape is static (the usual
+    # case: no size/shape/slice/divide/cast nodes per batch norm).
+    count = x.shape[:-1].num_elements()
 
     @tf.custom_gradient
     def normalize(x, scale):
@@ -280,8 +283,9 @@ def normalize_batch(x, epsilon, scale=None):
             mean_dy = tf.reduce_mean(dy, axis=axes)
             mean_dy_c = tf.reduce_mean(dy * centred, axis=axes)
             dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
-            count = tf.cast(tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
-            dscale = tf.reduce_sum(inv * mean_dy_c) * count
+            n = count if count is not None else tf.cast(
+                tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
+            dscale = tf.reduce_sum(inv * mean_dy_c) * n
             return dx, dscale
 
         return centred * factor, grad
