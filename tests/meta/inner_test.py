@@ -94,3 +94,22 @@ def test_while_loop_adam_equals_unrolled_steps_and_rule_states_are_optional():
     lean = learner.adapt(task, use_while_loop=True, keep_rule_states=False)
     assert lean.rule_states is None
     np.testing.assert_allclose(lean.query_losses.numpy(), loop.query_losses.numpy(), rtol=1e-6)
+
+
+def test_step_rows_slice_python_steps_and_gather_tensor_steps():
+    table = tf.reshape(tf.range(12.0), (4, 3))
+    for step in (0, 2, 3, 7):  # past the last row: the last row
+        want = table[min(step, 3)].numpy()
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(table)
+            static = params_lib.step_row(table, step)
+            dynamic = params_lib.step_row(table, tf.constant(step))
+            loss_s, loss_d = tf.reduce_sum(static * [1.0, 2.0, 3.0]), tf.reduce_sum(dynamic * [1.0, 2.0, 3.0])
+        np.testing.assert_array_equal(static.numpy(), want)
+        np.testing.assert_array_equal(dynamic.numpy(), want)
+        np.testing.assert_array_equal(tf.convert_to_tensor(tape.gradient(loss_s, table)).numpy(),
+                                      tf.convert_to_tensor(tape.gradient(loss_d, table)).numpy())
+        one_hot = params_lib.step_one_hot(step, 4, tf.float32)
+        np.testing.assert_array_equal(one_hot.numpy(),
+                                      params_lib.step_one_hot(tf.constant(step), 4, tf.float32))
+        assert one_hot.shape == (4, 1) and float(one_hot[min(step, 3), 0]) == 1.0

@@ -144,8 +144,7 @@ class ALFA(rules.UpdateRule):
         return alpha1, beta1
 
     def _post(self, table, path, step):
-        index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
-        return tf.gather(table[path].value, index)
+        return params_lib.step_row(table[path].value, step, self.num_steps)
 
     def hyperparameters(self, step, grads, params):
         """(alpha, beta), each [L]: the generated rates and decays at `step`."""
@@ -173,8 +172,7 @@ class ALFA(rules.UpdateRule):
         for i, path in enumerate(self.paths):
             new_params[path] = beta[i] * params[path] - alpha[i] * grads[path]
         # Record this step's row (one-hot blend: works for Python and tensor steps).
-        index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
-        row = tf.one_hot(index, self.num_steps, dtype=state.alpha.dtype)[:, None]
+        row = params_lib.step_one_hot(step, self.num_steps, state.alpha.dtype)
         state = ALFAState(
             alpha=state.alpha * (1.0 - row) + row * tf.cast(alpha, state.alpha.dtype)[None],
             beta=state.beta * (1.0 - row) + row * tf.cast(beta, state.beta.dtype)[None],

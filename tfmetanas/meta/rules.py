@@ -191,8 +191,7 @@ class LSLR(UpdateRule):
         self.variables = tuple(self.rates.values())
 
     def rate(self, path, step):
-        index = tf.minimum(tf.cast(step, tf.int32), self.num_steps - 1)
-        return tf.gather(self.rates[path].value, index)
+        return params_lib.step_row(self.rates[path].value, step, self.num_steps)
 
     def apply(self, step, grads, params, state):
         new_params = {}

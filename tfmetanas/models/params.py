@@ -53,6 +53,28 @@ def add_param(layer, name, shape, initializer, group="weights", trainable=True, 
     return v
 
 
+def step_row(table, step, rows=None):
+    """Row ``min(step, rows - 1)`` of a per-step `table` (``rows`` default: its first dim).
+
+    A Python step (unrolled inner loops) slices statically; a tensor step
+    (`tf.while_loop` inner loops) gathers. The static slice builds a few graph
+    nodes where the gather and its gradient (sparse, then made dense) build
+    about ten, and second-order MAML differentiates it twice per step.
+    """
+    rows = int(table.shape[0]) if rows is None else int(rows)
+    if isinstance(step, (int, np.integer)):
+        return table[min(int(step), rows - 1)]
+    return tf.gather(table, tf.minimum(tf.cast(step, tf.int32), rows - 1))
+
+
+def step_one_hot(step, rows, dtype):
+    """``[rows, 1]`` one-hot column of row ``min(step, rows - 1)`` (a constant for Python steps)."""
+    if isinstance(step, (int, np.integer)):
+        return tf.constant(np.eye(rows)[min(int(step), rows - 1)][:, None], dtype=dtype)
+    index = tf.minimum(tf.cast(step, tf.int32), rows - 1)
+    return tf.one_hot(index, rows, dtype=dtype)[:, None]
+
+
 def set_layer_group(layer, group):
     """Declares every trainable variable of a built layer as `group`."""
     for v in layer.trainable_variables:

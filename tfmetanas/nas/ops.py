@@ -33,6 +33,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tfmetanas.models.layers import normalize_batch
 from tfmetanas.models.params import add_param
 from tfmetanas.registry import Registry
 
@@ -235,63 +236,6 @@ class BatchNorm(keras.layers.Layer):
         m = self.momentum
         assign_state(self.moving_mean, m * self.moving_mean.value + (1.0 - m) * mean)
         assign_state(self.moving_variance, m * self.moving_variance.value + (1.0 - m) * variance)
-
-
-def normalize_batch(x, epsilon, scale=None):
-    """``scale * (x - mean) / sqrt(variance + epsilon)`` with the batch's statistics.
-
-    Statistics over N, H, W. The gradients with respect to `x` and `scale` are
-    written out (the standard batch-norm backward; `scale` folded into the
-    per-channel factors): two reductions and a few element-wise ops over the
-    activations, about half of what autodiff of the composed ops builds, and
-    only ``x - mean`` is kept from the forward; a scalar `scale` costs no pass
-    of its own (tools/microbench.py: 41 against 53 ms for 20 BN layers). Built from differentiable ops, so second-order gradients (nested
-    tapes) are exact as well.
-
-    Args:
-      x: NHWC activations.
-      epsilon: variance epsilon.
-      scale: optional scalar tensor multiplying the output (None: 1).
-
-    Returns:
-      ``(y, mean, variance)``: the (scaled) normalised activations and the
-      batch statistics (biased variance), which stay differentiable through
-      the ordinary ops that computed them.
-    """
-    stats = []
-    axes = tf.constant([0, 1, 2])  # One constant for the four reductions.
-    scaled = scale is not None
-    scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
-    # Values per channel; a Python number when the shape is static (the usual
-    # case: no size/shape/slice/divide/cast nodes per batch norm).
-    count = x.shape[:-1].num_elements()
-
-    @tf.custom_gradient
-    def normalize(x, scale):
-        # Not tf.nn.moments: it stops the gradient of the mean inside the
-        # variance, which would make the statistics' own gradients wrong.
-        mean = tf.reduce_mean(x, axis=axes)
-        centred = x - mean
-        variance = tf.reduce_mean(tf.square(centred), axis=axes)
-        inv = tf.math.rsqrt(variance + epsilon)
-        factor = inv * scale if scaled else inv
-        stats.extend([mean, variance])
-
-        def grad(dy):
-            # y = scale * centred * inv; with a = scale * inv per channel:
-            # dx = a * (dy - mean(dy)) - centred * a * inv^2 * mean(dy * centred).
-            mean_dy = tf.reduce_mean(dy, axis=axes)
-            mean_dy_c = tf.reduce_mean(dy * centred, axis=axes)
-            dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
-            n = count if count is not None else tf.cast(
-                tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
-            dscale = tf.reduce_sum(inv * mean_dy_c) * n
-            return dx, dscale
-
-        return centred * factor, grad
-
-    y = normalize(x, scale)
-    return y, stats[0], stats[1]
 
 
 class Conv(keras.layers.Layer):
