@@ -8,7 +8,7 @@ network: 20 images of 28x28 with 28 channels), checks that they agree, and
 prints milliseconds per call (median of `--rounds` rounds of `--calls` calls):
 
 - ``bn``: 20 layers of affine-free batch norm + ReLU: the composed ops with
-  autodiff, the hand-written gradient of `tfmetanas.nas.ops.normalize_batch`,
+  autodiff, the hand-written gradient of `tfmetanas.models.layers.normalize_batch`,
   and TensorFlow's fused kernel (`FusedBatchNormV3`);
 - ``subsample``: `FactorizedReduce`'s two 1x1 convolutions of the even and
   the shifted pixels: strided slices against one `space_to_depth` and a split;
