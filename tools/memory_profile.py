@@ -11,9 +11,17 @@ printing one JSON line of resident-set sizes (MB, from /proc/self/status:
 - ``--what=data``: a config's task source, measured after building it and
   after the first meta-batch from its tf.data stream (the memory a run holds
   before its first step).
+- ``--what=step``: a config's compiled meta-step (``--mode=meta_step``, the
+  options of the last training iteration) or meta-test adaptation of one
+  task (``--mode=meta_test``), measured after setup, after tracing, at the
+  first call's peak and after handing freed memory back, and at a second
+  call's peak; plus the graph's node count and the peak of TensorFlow's own
+  CPU allocator (the step's tensors): where a benchmark row's peak comes from.
 
   python tools/memory_profile.py --what=nodes --nodes=20000
   python tools/memory_profile.py --what=data --config=configs/bench/mamlpp_omniglot_5w1s_mb8.py
+  python tools/memory_profile.py --what=step --mode=meta_test \
+      --config=configs/bench/metanas_omniglot_20w1s_metatest.py
 """
 
 import ctypes
@@ -24,10 +32,12 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_WHAT = flags.DEFINE_enum("what", "nodes", ["nodes", "data"], "Which profile.")
+_WHAT = flags.DEFINE_enum("what", "nodes", ["nodes", "data", "step"], "Which profile.")
 _NODES = flags.DEFINE_integer("nodes", 20000, "--what=nodes: links of the op chain.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "--what=data: a training config.")
 _SPLIT = flags.DEFINE_string("split", "train", "--what=data: the split.")
+_MODE = flags.DEFINE_enum("mode", "meta_step", ["meta_step", "meta_test"],
+                          "--what=step: the training step or meta-test adaptation.")
 
 
 def memory_mb():
@@ -105,6 +115,72 @@ def profile_data(config, split):
     return out
 
 
+def _reset_peak():
+    """Resets the kernel's high-water mark, so ``hwm`` is the next phase's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def profile_step(config, mode):
+    """Memory of a config's compiled step, phase by phase (see the module docstring)."""
+    import tensorflow as tf
+
+    from tfmetanas.experiment import trainer
+
+    out = {"imported": memory_mb()}
+    split = "test" if mode == "meta_test" else "train"
+    experiment = trainer.Experiment(config, splits=(split,))
+    algorithm, source = experiment.algorithm, experiment.sources[split]
+    if mode == "meta_test":
+        task = {k: v[0] for k, v in next(iter(source.eval_dataset(1, 1))).items()}
+
+        @tf.function
+        def step(task):
+            return algorithm.test_adapt(task).query_losses[-1]
+
+        args = (task,)
+    else:
+        tasks = next(iter(source.dataset(0, int(config.meta.meta_batch_size))))
+        options = algorithm.step_options(max(int(config.train.steps) - 1, 0))
+
+        @tf.function
+        def step(tasks, iteration):
+            return algorithm.meta_learner.replica_step(tasks, iteration, **options)["meta/loss"]
+
+        args = (tasks, tf.constant(0, tf.int64))
+    _trim()
+    out["setup"] = memory_mb()
+    _reset_peak()
+    t = time.perf_counter()
+    graph = step.get_concrete_function(*args).graph.as_graph_def()
+    out["trace_s"] = round(time.perf_counter() - t, 2)
+    out["graph_nodes"] = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
+    del graph
+    _trim()
+    out["traced"] = memory_mb()
+    _reset_peak()
+    t = time.perf_counter()
+    float(step(*args))
+    out["first_call_s"] = round(time.perf_counter() - t, 2)
+    out["first_call"] = memory_mb()
+    _trim()
+    out["first_call_trimmed"] = memory_mb()
+    _reset_peak()
+    t = time.perf_counter()
+    float(step(*args))
+    out["second_call_s"] = round(time.perf_counter() - t, 2)
+    out["second_call"] = memory_mb()
+    try:
+        info = tf.config.experimental.get_memory_info("CPU:0")
+        out["tf_allocator_mb"] = {k: v // 2**20 for k, v in info.items()}
+    except (ValueError, tf.errors.OpError):
+        pass  # No allocator statistics on this device or build.
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -112,8 +188,11 @@ def main(argv):
         result = profile_nodes(_NODES.value)
     else:
         if _CONFIG.value is None:
-            raise app.UsageError("--what=data needs --config.")
-        result = profile_data(_CONFIG.value, _SPLIT.value)
+            raise app.UsageError(f"--what={_WHAT.value} needs --config.")
+        if _WHAT.value == "data":
+            result = profile_data(_CONFIG.value, _SPLIT.value)
+        else:
+            result = profile_step(_CONFIG.value, _MODE.value)
     print(json.dumps(result))
 
 

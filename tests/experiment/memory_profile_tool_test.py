@@ -37,3 +37,15 @@ def test_data_profile_on_the_quickstart_config():
 def test_data_profile_needs_a_config():
     result = _run("--what=data")
     assert result.returncode != 0 and "needs --config" in result.stderr
+
+
+def test_step_profile_of_the_quickstart_meta_step():
+    result = _run("--what=step", f"--config={os.path.join(ROOT, 'configs', 'quickstart.py')}")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["graph_nodes"] > 100
+    assert out["traced"]["rss"] >= out["imported"]["rss"] > 100
+    # Each call's peak is at least what was resident before it.
+    assert out["first_call"]["hwm"] >= out["traced"]["rss"] - 50
+    assert out["second_call"]["hwm"] >= out["first_call_trimmed"]["rss"] - 50
+    assert out["first_call_s"] > 0 and out["second_call_s"] > 0
