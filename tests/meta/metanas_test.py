@@ -161,13 +161,17 @@ def test_one_loop_meta_test_equals_the_two_phases_run_apart():
     first = learner.adapt(task, num_steps=3, use_while_loop=True)
     second = fixed.adapt(task, params=first.params, state=first.state, num_steps=2,
                          groups=("weights",), use_while_loop=True)
+    # Float32 round-off only: Adam's normalised steps amplify it for entries whose
+    # gradients are near zero (seen: one weight of 48 off by 2.5e-6 under CI's load,
+    # where reductions split differently), so 1e-4 / 1e-5 here and a change of the
+    # algorithm (no restart, below) must move some weight by far more.
     for run in (alg.test_adapt, tf.function(alg.test_adapt)):
         merged = run(task)
         for path, value in second.params.items():
-            np.testing.assert_allclose(merged.params[path], value, rtol=1e-5, atol=1e-6,
+            np.testing.assert_allclose(merged.params[path], value, rtol=1e-4, atol=1e-5,
                                        err_msg=path)
         for path, value in second.state.items():
-            np.testing.assert_allclose(merged.state[path], value, rtol=1e-5, atol=1e-6,
+            np.testing.assert_allclose(merged.state[path], value, rtol=1e-4, atol=1e-5,
                                        err_msg=path)
         np.testing.assert_allclose(
             merged.support_losses,
@@ -177,7 +181,7 @@ def test_one_loop_meta_test_equals_the_two_phases_run_apart():
     phases = [inner.Phase(3, ("weights", "arch"), learner.forward_kwargs),
               inner.Phase(2, ("weights",), fixed.forward_kwargs)]
     kept = learner.adapt_phases(task, phases)
-    assert any(not np.allclose(kept.params[p], v, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(kept.params[p], v, rtol=1e-3, atol=1e-3)
                for p, v in second.params.items())
 
 
