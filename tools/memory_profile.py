@@ -161,18 +161,19 @@ def profile_step(config, mode):
     del graph
     _trim()
     out["traced"] = memory_mb()
-    _reset_peak()
-    t = time.perf_counter()
-    float(step(*args))
-    out["first_call_s"] = round(time.perf_counter() - t, 2)
-    out["first_call"] = memory_mb()
+
+    def call(name):
+        """One call of the step: its seconds and the memory at its end (``hwm``: its peak)."""
+        _reset_peak()
+        t = time.perf_counter()
+        float(step(*args))
+        out[f"{name}_s"] = round(time.perf_counter() - t, 2)
+        out[name] = memory_mb()
+
+    call("first_call")
     _trim()
     out["first_call_trimmed"] = memory_mb()
-    _reset_peak()
-    t = time.perf_counter()
-    float(step(*args))
-    out["second_call_s"] = round(time.perf_counter() - t, 2)
-    out["second_call"] = memory_mb()
+    call("second_call")
     try:
         info = tf.config.experimental.get_memory_info("CPU:0")
         out["tf_allocator_mb"] = {k: v // 2**20 for k, v in info.items()}
