@@ -148,10 +148,13 @@ class TaskLearner:
                 lambda t: tf.Variable(t, trainable=False), self._fresh_rule_states(self.initial_params())
             )
 
-    def _fresh_rule_states(self, params):
-        return {g: self.rules[g].init(
+    def _fresh_rule_states(self, params, packed=None):
+        """`rule.init` per group; groups in `packed` (``{group: vector}``) start packed."""
+        packed = packed or {}
+        return {g: rule.init(
+            {rules_lib.FLAT: packed[g]} if g in packed else
             {p: v for p, v in params.items() if self.fmodel.group_of[p] == g}
-        ) for g in self.rules}
+        ) for g, rule in self.rules.items()}
 
     def initial_rule_states(self, params):
         """Where a task's rules start: the persistent state, or `rule.init`."""
@@ -397,10 +400,8 @@ class TaskLearner:
         def to_loop(params, state, rule_states):
             flat = {g: layout.pack(params) for g, layout in layouts.items()}
             if fresh:
-                rs = {g: rule.init({rules_lib.FLAT: flat[g]} if packed_rules[g] else
-                                   {p: v for p, v in params.items()
-                                    if self.fmodel.group_of[p] == g})
-                      for g, rule in self.rules.items()}
+                rs = self._fresh_rule_states(params, {g: v for g, v in flat.items()
+                                                      if packed_rules[g]})
             else:
                 rs = {g: rules_lib.pack_state(s, layouts[g]) if packed_rules[g] else s
                       for g, s in rule_states.items()}
