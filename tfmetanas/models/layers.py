@@ -30,7 +30,8 @@ def normalize_batch(x, epsilon, scale=None):
     reductions and a few element-wise ops over the activations, about half
     of what autodiff of the composed ops builds, and only ``x - mean`` is
     kept from the forward; a scalar `scale` costs no pass of its own
-    (tools/microbench.py: 41 against 53 ms for 20 BN layers). Built from
+    (``python tools/microbench.py --cases=bn``, 20 BN layers forward and
+    backward on 20x28x28x28: 28 against 49 ms, session 8). Built from
     differentiable ops, so second-order gradients (nested tapes) are exact
     as well. Used by the DARTS ops' `BatchNorm` and by `MetaBatchNorm`.
 
