@@ -314,37 +314,14 @@ def measure(config, setting):
     trainer.check_xla(config, jit)
     split = "test" if mode == "meta_test" else "train"
     exp = trainer.Experiment(config, splits=(split,))
-    algorithm = exp.algorithm
     batch = 1 if mode == "meta_test" else int(config.meta.meta_batch_size)
-    source = exp.sources[split]
-    if mode == "meta_test":
-        tasks = next(iter(source.eval_dataset(1, 1)))
-        task = {k: v[0] for k, v in tasks.items()}
-
-        @tf.function(jit_compile=jit)
-        def step(task):
-            result = algorithm.test_adapt(task)
-            return {"meta/loss": result.query_losses[-1]}
-
-        args = (task,)
-        call = lambda i: step(task)  # noqa: E731
-        inner_steps = algorithm.eval_steps
-        second_order = False
-    else:
-        tasks = next(iter(source.dataset(0, batch)))
-        iteration = 0 if phase == "warmup" else max(int(config.train.steps) - 1, 0)
-        options = algorithm.step_options(iteration)
-        if order != "config":
-            options["second_order"] = order == "second"
-        second_order = bool(options["second_order"])
-
-        @tf.function(jit_compile=jit)
-        def step(tasks, iteration):
-            return algorithm.meta_learner.replica_step(tasks, iteration, **options)
-
-        args = (tasks, tf.constant(0, tf.int64))
-        call = lambda i: step(tasks, tf.constant(i, tf.int64))  # noqa: E731
-        inner_steps = algorithm.learner.inner_steps
+    iteration = 0 if phase == "warmup" else max(int(config.train.steps) - 1, 0)
+    fixed = trainer.fixed_batch_step(
+        exp, mode, iteration, second_order=None if order == "config" else order == "second",
+        jit_compile=jit,
+    )
+    step, args, call = fixed.step, fixed.args, fixed.call
+    inner_steps, second_order = fixed.inner_steps, fixed.second_order
 
     # Peak memory before the first call: the TensorFlow runtime, the data set
     # in memory and the variables, i.e. what the step itself does not cost.

@@ -133,24 +133,8 @@ def profile_step(config, mode):
     out = {"imported": memory_mb()}
     split = "test" if mode == "meta_test" else "train"
     experiment = trainer.Experiment(config, splits=(split,))
-    algorithm, source = experiment.algorithm, experiment.sources[split]
-    if mode == "meta_test":
-        task = {k: v[0] for k, v in next(iter(source.eval_dataset(1, 1))).items()}
-
-        @tf.function
-        def step(task):
-            return algorithm.test_adapt(task).query_losses[-1]
-
-        args = (task,)
-    else:
-        tasks = next(iter(source.dataset(0, int(config.meta.meta_batch_size))))
-        options = algorithm.step_options(max(int(config.train.steps) - 1, 0))
-
-        @tf.function
-        def step(tasks, iteration):
-            return algorithm.meta_learner.replica_step(tasks, iteration, **options)["meta/loss"]
-
-        args = (tasks, tf.constant(0, tf.int64))
+    fixed = trainer.fixed_batch_step(experiment, mode, max(int(config.train.steps) - 1, 0))
+    step, args = fixed.step, fixed.args
     _trim()
     out["setup"] = memory_mb()
     _reset_peak()
@@ -166,7 +150,7 @@ def profile_step(config, mode):
         """One call of the step: its seconds and the memory at its end (``hwm``: its peak)."""
         _reset_peak()
         t = time.perf_counter()
-        float(step(*args))
+        float(step(*args)["meta/loss"])
         out[f"{name}_s"] = round(time.perf_counter() - t, 2)
         out[name] = memory_mb()
 

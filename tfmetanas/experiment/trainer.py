@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -301,6 +302,69 @@ def _train(config, workdir, strategy, chief, scratch):
             w.flush()
     logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
     return last_summary, exp
+
+
+class FixedBatchStep(NamedTuple):
+    """A compiled step on one fixed batch (`fixed_batch_step`).
+
+    Attributes:
+      step: the `tf.function`; ``step(*args)`` returns ``{"meta/loss": ...}``.
+      args: its arguments for the first call.
+      call: ``call(i)`` runs the i-th call (a meta-step gets iteration i).
+      inner_steps: inner steps per task.
+      second_order: whether the meta-gradient is second order.
+    """
+
+    step: object
+    args: tuple
+    call: object
+    inner_steps: int
+    second_order: bool
+
+
+def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=None,
+                     jit_compile=False, meta_batch_size=None):
+    """The step a run repeats, compiled, on one fixed batch: what benchmarks and profiles time.
+
+    Args:
+      experiment: an `Experiment` with the split the mode reads (``train`` for
+        ``meta_step``, ``test`` for ``meta_test``).
+      mode: ``"meta_step"``, the meta-learner's step on one meta-batch with the
+        step options of `iteration`; ``"meta_test"``, `test_adapt` of one task.
+      iteration: whose step options (warm-up, derivative order annealing).
+      second_order: overrides the options' derivative order (None: keep).
+      jit_compile: compile with XLA.
+      meta_batch_size: tasks per meta-batch (default: the config's).
+
+    Returns:
+      A `FixedBatchStep`.
+    """
+    algorithm = experiment.algorithm
+    if mode == "meta_test":
+        tasks = next(iter(experiment.sources["test"].eval_dataset(1, 1)))
+        task = {k: v[0] for k, v in tasks.items()}
+
+        @tf.function(jit_compile=jit_compile)
+        def step(task):
+            return {"meta/loss": algorithm.test_adapt(task).query_losses[-1]}
+
+        return FixedBatchStep(step, (task,), lambda i: step(task), int(algorithm.eval_steps),
+                              False)
+    if mode != "meta_step":
+        raise errors.ConfigError(f"Unknown step mode {mode!r}: meta_step or meta_test.")
+    batch = int(meta_batch_size or experiment.config.meta.meta_batch_size)
+    tasks = next(iter(experiment.sources["train"].dataset(0, batch)))
+    options = algorithm.step_options(iteration)
+    if second_order is not None:
+        options["second_order"] = bool(second_order)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(tasks, iteration):
+        return algorithm.meta_learner.replica_step(tasks, iteration, **options)
+
+    return FixedBatchStep(step, (tasks, tf.constant(0, tf.int64)),
+                          lambda i: step(tasks, tf.constant(i, tf.int64)),
+                          int(algorithm.learner.inner_steps), bool(options["second_order"]))
 
 
 def check_xla(config, jit_compile):
