@@ -244,6 +244,18 @@ def add_rotations(images):
     return np.concatenate([np.rot90(images, k, axes=(2, 3)) for k in range(4)], axis=0)
 
 
+def _turn_classes(images, turns):
+    """Class ``i`` of `images` ``[n, m, H, W, ch]`` turned ``turns[i]`` quarters
+    counter-clockwise (``np.rot90(x, turns[i], axes=(1, 2))`` per image)."""
+    swap = [0, 1, 3, 2, 4]
+    quarter = tf.transpose(tf.reverse(images, [3]), swap)  # As np.rot90: flip W, swap H/W.
+    half = tf.reverse(images, [2, 3])
+    three = tf.reverse(tf.transpose(images, swap), [3])
+    every = tf.stack([images, quarter, half, three])  # [4, n, m, H, W, ch]
+    index = tf.stack([tf.cast(turns, tf.int32), tf.range(tf.shape(images)[0])], axis=1)
+    return tf.gather_nd(every, index)
+
+
 class ImageTaskSource(TaskSource):
     """N-way K-shot classification episodes over in-memory uint8 images.
 
@@ -290,15 +302,22 @@ class ImageTaskSource(TaskSource):
                 raise errors.DataError(
                     f"{name}: expected images [classes, per_class, H, W, C], got {images.shape}."
                 )
-            if rotations:
-                images = add_rotations(images)
             counts = np.full([images.shape[0]], images.shape[1], np.int64)
             flat = images.reshape((-1,) + images.shape[2:])
         else:
-            if rotations:
-                images = [np.rot90(c, k, axes=(1, 2)) for k in range(4) for c in images]
             counts = np.array([len(c) for c in images], np.int64)
             flat = np.concatenate(list(images), axis=0) if len(images) else np.zeros([0])
+        # Rotated classes are not stored: a task rotates the images it gathers
+        # (class c + k * C is class c turned k quarters, as `add_rotations`),
+        # a quarter of the memory and no copies while loading.
+        self._turns = 4 if rotations else 1
+        if rotations and flat.ndim == 4 and flat.shape[1] != flat.shape[2]:
+            raise errors.DataError(
+                f"{name}: rotations need square images, got {flat.shape[1]}x{flat.shape[2]}."
+            )
+        self._base_classes = len(counts)
+        offsets = np.tile(np.concatenate([[0], np.cumsum(counts)[:-1]]), self._turns)
+        counts = np.tile(counts, self._turns)
         self.preprocess_spec = dict(preprocess_spec)
         self.num_classes = int(len(counts))
         self.class_names = None
@@ -339,12 +358,13 @@ class ImageTaskSource(TaskSource):
         self._equal_counts = bool(np.all(counts == counts[0]))
         self._max_count = int(counts.max())
         self._counts = tf.constant(counts, tf.int32)
-        self._offsets = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]), tf.int64)
+        self._offsets = tf.constant(offsets, tf.int64)
 
     def class_images(self, c):
         """uint8 ``[n_c, H, W, C]``: every image of class `c` (rotated classes included)."""
         offset = int(self._offsets[c])
-        return self._images[offset:offset + int(self._counts[c])].numpy()
+        images = self._images[offset:offset + int(self._counts[c])].numpy()
+        return np.rot90(images, c // self._base_classes, axes=(1, 2))
 
     def class_arrays(self):
         """uint8 ``[classes, per_class, H, W, C]`` when every class has as many images."""
@@ -354,7 +374,8 @@ class ImageTaskSource(TaskSource):
                 "read them one by one with class_images(c)."
             )
         flat = self._images.numpy()
-        return flat.reshape((self.num_classes, self._max_count) + flat.shape[1:])
+        base = flat.reshape((self._base_classes, self._max_count) + flat.shape[1:])
+        return add_rotations(base) if self._turns > 1 else base
 
     def task(self, index):
         """Samples task `index`.
@@ -383,7 +404,10 @@ class ImageTaskSource(TaskSource):
             image_scores = tf.where(valid, image_scores, -1.0)
         picks = tf.math.top_k(image_scores, k + q, sorted=True).indices
         flat_index = tf.gather(self._offsets, classes)[:, None] + tf.cast(picks, tf.int64)
-        images = preprocess.uint8_to_unit(tf.gather(self._images, flat_index))
+        images = tf.gather(self._images, flat_index)
+        if self._turns > 1:
+            images = _turn_classes(images, classes // self._base_classes)
+        images = preprocess.uint8_to_unit(images)
         shape = list(self.input_shape)
         labels = tf.range(n, dtype=tf.int32)
         return {
