@@ -231,3 +231,24 @@ def test_task_streams_skip_the_rewrites_that_copy_the_images():
     assert distributed.options().experimental_optimization.apply_default_optimizations is False
     # It still yields the single-device stream's tasks.
     assert_tasks_equal(next(iter(distributed)), next(iter(streams[0])))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_rotated_classes_turned_on_gather_equal_stored_rotations(channels):
+    """A source that turns rotated classes when a task gathers them gives the
+    tasks of a source that stores `add_rotations`' copies (same draws, same
+    pixels), and its class accessors return the stored copies."""
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 6, 6, channels), np.uint8)
+    spec = {"height": 6, "width": 6, "channels": channels}
+    kwargs = dict(split="train", seed=3, ways=7, shots=2, queries=3, preprocess_spec=spec)
+    turned = base.ImageTaskSource(images, rotations=True, **kwargs)
+    stored = base.ImageTaskSource(base.add_rotations(images), rotations=False, **kwargs)
+    assert turned.num_classes == stored.num_classes == 12
+    for index in range(6):
+        assert_tasks_equal(turned.task(index), stored.task(index))
+    expected = base.add_rotations(images)
+    np.testing.assert_array_equal(turned.class_arrays(), expected)
+    for c in range(12):
+        np.testing.assert_array_equal(turned.class_images(c), expected[c])
+    # Not vacuous: the turned classes differ from the classes they come from.
+    assert not np.array_equal(expected[4], expected[1])
