@@ -112,6 +112,9 @@ def base_config():
     # Threads per op and ops in parallel (0: TensorFlow's default, all cores for both).
     config.train.intra_op_threads = 0
     config.train.inter_op_threads = 0
+    # Seconds between hand-backs of freed memory while a compiled step is first
+    # called (graph optimisation's transient; `tfmetanas.memory`). 0: off.
+    config.train.trim_interval = 0.2
     config.train.time_limit_minutes = 0.0  # training-time budget, summed over resumptions (0: none)
     config.train.progress = True
     # Where the meta-batch runs (README "Several GPUs and machines"): none |

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfmetanas import memory
+
 
 def ci95(values):
     values = np.asarray(values, np.float64)
@@ -46,15 +48,18 @@ class Evaluator:
       algorithm: the `Algorithm` (its `test_adapt` is the meta-test procedure).
       kind: "classification" or "regression".
       jit_compile: compile the evaluation step with XLA.
+      trim_interval: see `tfmetanas.memory.FirstCallTrimmed` (0: off).
 
     Tasks of a batch run as many at once as the meta-learner's
     ``parallel_tasks`` (``meta.parallel_tasks``); results do not depend on it.
     """
 
-    def __init__(self, algorithm, kind, jit_compile=False):
+    def __init__(self, algorithm, kind, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL):
         self.algorithm = algorithm
         self.kind = kind
-        self._fn = tf.function(self._batch, jit_compile=jit_compile, reduce_retracing=True)
+        self._fn = memory.FirstCallTrimmed(
+            tf.function(self._batch, jit_compile=jit_compile, reduce_retracing=True), trim_interval
+        )
 
     def _batch(self, tasks):
         batch = tf.shape(tasks["support_x"])[0]

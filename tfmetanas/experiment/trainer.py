@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfmetanas import data as data_lib
-from tfmetanas import errors
+from tfmetanas import errors, memory
 from tfmetanas.experiment import distribute, evaluation
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import algorithms, replicas
@@ -216,10 +216,12 @@ def _train(config, workdir, strategy, chief, scratch):
             per_replica = exp.strategy.run(replica, args=(tasks, iteration))
             return exp.strategy.experimental_local_results(per_replica)[0]
 
-        return tf.function(step_fn, jit_compile=jit)
+        return memory.FirstCallTrimmed(tf.function(step_fn, jit_compile=jit), trim_interval)
 
+    trim_interval = float(config.train.get("trim_interval", memory.DEFAULT_INTERVAL))
     step_fns = {}
-    evaluator = evaluation.Evaluator(algorithm, exp.kind, jit_compile=False)
+    evaluator = evaluation.Evaluator(algorithm, exp.kind, jit_compile=False,
+                                     trim_interval=trim_interval)
     num_eval_tasks = int(config.eval.get("num_val_tasks", config.eval.num_tasks))
 
     def validate_and_checkpoint(step):
@@ -310,7 +312,9 @@ class FixedBatchStep(NamedTuple):
     Attributes:
       step: the `tf.function`; ``step(*args)`` returns ``{"meta/loss": ...}``.
       args: its arguments for the first call.
-      call: ``call(i)`` runs the i-th call (a meta-step gets iteration i).
+      call: ``call(i)`` runs the i-th call (a meta-step gets iteration i); the
+        first call hands freed memory back as training does
+        (``train.trim_interval``, `tfmetanas.memory`).
       inner_steps: inner steps per task.
       second_order: whether the meta-gradient is second order.
     """
@@ -340,6 +344,7 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
       A `FixedBatchStep`.
     """
     algorithm = experiment.algorithm
+    interval = float(experiment.config.train.get("trim_interval", memory.DEFAULT_INTERVAL))
     if mode == "meta_test":
         tasks = next(iter(experiment.sources["test"].eval_dataset(1, 1)))
         task = {k: v[0] for k, v in tasks.items()}
@@ -348,7 +353,8 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
         def step(task):
             return {"meta/loss": algorithm.test_adapt(task).query_losses[-1]}
 
-        return FixedBatchStep(step, (task,), lambda i: step(task), int(algorithm.eval_steps),
+        trimmed = memory.FirstCallTrimmed(step, interval)
+        return FixedBatchStep(step, (task,), lambda i: trimmed(task), int(algorithm.eval_steps),
                               False)
     if mode != "meta_step":
         raise errors.ConfigError(f"Unknown step mode {mode!r}: meta_step or meta_test.")
@@ -362,8 +368,9 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
     def step(tasks, iteration):
         return algorithm.meta_learner.replica_step(tasks, iteration, **options)
 
+    trimmed = memory.FirstCallTrimmed(step, interval)
     return FixedBatchStep(step, (tasks, tf.constant(0, tf.int64)),
-                          lambda i: step(tasks, tf.constant(i, tf.int64)),
+                          lambda i: trimmed(tasks, tf.constant(i, tf.int64)),
                           int(algorithm.learner.inner_steps), bool(options["second_order"]))
 
 

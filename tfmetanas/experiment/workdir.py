@@ -22,7 +22,7 @@ RESUMABLE_KEYS = (
     "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every",
     "train.time_limit_minutes", "train.jit_compile", "train.progress",
     "train.distribute", "train.devices", "train.tpu",
-    "train.intra_op_threads", "train.inter_op_threads", "meta.parallel_tasks",
+    "train.intra_op_threads", "train.inter_op_threads", "train.trim_interval", "meta.parallel_tasks",
     "inner.lr", "meta.lr", "inner.while_loop", "model.darts.soft_prune",
     "model.darts.running_stats",
     "eval.num_tasks", "eval.num_val_tasks", "data.root",
