@@ -19,11 +19,11 @@ from tfmetanas.nas import darts
 PRIMS = ("max_pool_3x3", "skip_connect", "conv_3x3")
 
 
-def tiny_search(sparsify="ops_and_inputs", prune_threshold=0.01, seed=0):
+def tiny_search(sparsify="ops_and_inputs", prune_threshold=0.01, seed=0, running_stats=True):
     keras.utils.set_random_seed(seed)
     net = darts.SearchNetwork(3, channels=4, num_cells=2, reduction_cells=(1,), num_nodes=2,
                               primitives=PRIMS, sparsify=sparsify,
-                              prune_threshold=prune_threshold)
+                              prune_threshold=prune_threshold, running_stats=running_stats)
     net(tf.zeros((2, 8, 8, 1)))
     return params_lib.FunctionalModel(net)
 
@@ -196,6 +196,60 @@ def test_adapt_phases_rejects_bad_phases():
     with pytest.raises(errors.ConfigError, match="same call arguments"):
         learner.adapt_phases(task, [inner.Phase(2, ("weights",), learner.forward_kwargs),
                                     inner.Phase(2, ("weights",), inner.default_forward_kwargs)])
+
+
+def compiled_step(alg, options):
+    return tf.function(lambda tasks, i: alg.meta_learner.replica_step(tasks, i, **options))
+
+
+def graph_nodes(concrete):
+    graph = concrete.graph.as_graph_def()
+    return len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
+
+
+@pytest.mark.parametrize("meta", ["reptile", "maml"])
+def test_without_running_stats_meta_steps_carry_no_state_and_move_the_same(meta):
+    """`running_stats=False`: training calls neither read nor write the BN state,
+    so the task and inner loops carry none (`FunctionalModel.training_state` is
+    empty): a compiled meta-step moves the variables as carrying the state did,
+    in a smaller graph, and the statistics stay."""
+    results = {}
+    for carried in (True, False):
+        fm = tiny_search(prune_threshold=0.0, running_stats=False)
+        assert fm.training_uses_state is False and fm.training_state() == {}
+        if carried:
+            fm.training_uses_state = True  # Read, carried through the loops, assigned back.
+        alg = tiny_metanas(fm, meta=meta)
+        tasks = helpers.random_tasks(batch=2)
+        state0 = {p: v.numpy() for p, v in fm.state().items()}
+        step = compiled_step(alg, alg.step_options(0))
+        nodes = graph_nodes(step.get_concrete_function(tasks, tf.constant(0)))
+        step(tasks, tf.constant(0))
+        results[carried] = ({**weight_values(fm), **arch_values(fm)}, nodes)
+        for path, value in fm.state().items():
+            np.testing.assert_array_equal(value.numpy(), state0[path], err_msg=path)
+    (moved_t, nodes_t), (moved_f, nodes_f) = results[True], results[False]
+    for path, value in moved_t.items():
+        np.testing.assert_allclose(moved_f[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert nodes_f < nodes_t
+
+
+def test_training_state_calls_read_nothing_and_a_false_claim_is_refused():
+    fm = tiny_search(running_stats=False)
+    images = tf.random.stateless_uniform((4, 8, 8, 1), seed=[5, 6])
+    params = {**fm.params(), **random_arch(fm)}
+    # Inference reads the variables for a left-out state, as before.
+    out, _ = fm(params, {}, images, training=False, temperature=0.5)
+    ref, _ = fm(params, fm.state(), images, training=False, temperature=0.5)
+    np.testing.assert_array_equal(out.numpy(), ref.numpy())
+    # Training gets NaN constants for the state: finite outputs show it reads none.
+    out, new_state = fm(params, {}, images, training=True, temperature=0.5)
+    assert new_state == {} and np.all(np.isfinite(out.numpy()))
+    # A model that updates its statistics cannot claim to leave them alone.
+    tracking = tiny_search(running_stats=True)
+    tracking.training_uses_state = False
+    with pytest.raises(errors.ConfigError, match="training_uses_state"):
+        tracking(tracking.params(), {}, images, training=True, temperature=0.5)
 
 
 def test_meta_test_adapts_arch_then_weights_only():

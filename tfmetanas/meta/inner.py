@@ -269,7 +269,7 @@ class TaskLearner:
           task: dict with ``support_x, support_y, query_x, query_y``.
           params: starting fast weights (default: the variables' values of the
             adapted groups, which an outer tape differentiates through).
-          state: starting BN state (default: the variables' values).
+          state: starting BN state (default: `FunctionalModel.training_state`).
           num_steps: inner steps (default: `inner_steps`).
           second_order: keep the inner gradients differentiable.
           groups: which of the rules' groups to update (default: all); the
@@ -290,7 +290,7 @@ class TaskLearner:
         if params is None:
             params = self.initial_params()
         if state is None:
-            state = self.fmodel.state()
+            state = self.fmodel.training_state()
 
         if use_while_loop:
             if second_order:
@@ -362,7 +362,7 @@ class TaskLearner:
         if params is None:
             params = self.initial_params()
         if state is None:
-            state = self.fmodel.state()
+            state = self.fmodel.training_state()
         if queries is not None:
             queries = [dict(q) for q in queries]
             if not queries or any(set(q) != set(queries[0]) for q in queries):

@@ -116,8 +116,11 @@ class MetaLearner:
 
         `state_mean` is this replica's mean over its tasks. Replicas hold equally
         many tasks, so the mean of the replicas' means is the mean over the
-        global meta-batch; every replica assigns the same value.
+        global meta-batch; every replica assigns the same value. Nothing for a
+        model whose training calls leave the state alone (empty `state_mean`).
         """
+        if not state_mean:
+            return
         state = replicas.all_reduce_mean(state_mean)
         fm = self.learner.fmodel
         replicas.assign_synced([fm.state_variables_by_path[p] for p in state], list(state.values()))
@@ -198,7 +201,7 @@ class MAML(MetaLearner):
         init = (
             tf.constant(0),
             _zeros_like_vars(variables),
-            {p: tf.zeros_like(v) for p, v in fm.state().items()},
+            {p: tf.zeros_like(v) for p, v in fm.training_state().items()},
             tf.zeros([], dtype),
             tf.zeros([num_tracked], dtype),
             tf.zeros([num_tracked], dtype),
@@ -276,7 +279,7 @@ class Reptile(MetaLearner):
         # for the BN state (`params.Packing`): a loop of a few variables
         # instead of hundreds, and Reptile's update a few ops per group.
         layouts = params_lib.Packing.by_group(meta_params, fm.group_of)
-        state = fm.state()
+        state = fm.training_state()
         state_layout = params_lib.Packing.if_supported(state)
 
         def body(b, param_sum, state_sum, ql_sum, qm_sum, rule_states):

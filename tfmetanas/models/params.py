@@ -106,6 +106,10 @@ class FunctionalModel:
         self.variables_by_path = {v.path: v for v in self.trainable_variables}
         self.state_variables_by_path = {v.path: v for v in self.non_trainable_variables}
         self.group_of = {v.path: group_of(v) for v in self.trainable_variables}
+        # A model whose training calls neither read nor change its state (e.g. a
+        # search network whose batch norms never track statistics) says so with
+        # ``training_uses_state = False``; see `training_state`.
+        self.training_uses_state = bool(getattr(model, "training_uses_state", True))
 
     def variables(self, group=None):
         """Trainable variables of one group (all if None), in model order."""
@@ -136,6 +140,17 @@ class FunctionalModel:
         """Current non-trainable state ``{path: tensor}`` (BN statistics)."""
         return {v.path: tf.identity(v.value) for v in self.non_trainable_variables}
 
+    def training_state(self):
+        """The state training calls carry: `state`, or ``{}`` for a model whose
+        training calls neither read nor change it (``training_uses_state``).
+
+        A state dict that leaves out a path means the variable's own value (see
+        `__call__`), which training never changes here; so loops over training
+        calls carry nothing, read no variable and assign nothing back, and an
+        inference call on ``{}`` reads the variables as before.
+        """
+        return self.state() if self.training_uses_state else {}
+
     def __call__(self, params, state, inputs, training=False, **kwargs):
         """Runs the model on substituted values.
 
@@ -143,15 +158,37 @@ class FunctionalModel:
           params: ``{path: tensor}`` for some trainable variables; the others are
             read from the variables themselves.
           state: ``{path: tensor}`` for the non-trainable variables, or None to
-            read them from the variables.
+            read them from the variables (paths left out: read too). In a
+            training call of a model with ``training_uses_state = False``
+            nothing is read: every state value is a NaN constant (one per
+            shape), so a model that reads its state after all gives NaN, and
+            one that assigns it raises `ConfigError`.
           inputs: model inputs.
           training: passed to the model.
           **kwargs: extra call arguments (``step``, ``temperature``, ...).
 
         Returns:
-          ``(outputs, new_state)`` with new_state a ``{path: tensor}`` dict.
+          ``(outputs, new_state)`` with new_state a ``{path: tensor}`` dict (for
+          such a training call: `state` as given, ``{}`` for None).
         """
         trainable = [params.get(v.path, v.value) for v in self.trainable_variables]
+        if training is True and not self.training_uses_state:
+            unread = {}
+            for v in self.non_trainable_variables:
+                key = (tuple(v.shape), v.dtype)
+                if key not in unread:
+                    unread[key] = tf.constant(np.full(v.shape, np.nan), v.dtype)
+            given = [unread[(tuple(v.shape), v.dtype)] for v in self.non_trainable_variables]
+            outputs, new = self.model.stateless_call(
+                trainable, given, inputs, training=training, **kwargs
+            )
+            changed = [p for p, a, b in zip(self.state_paths, new, given) if a is not b]
+            if changed:
+                raise errors.ConfigError(
+                    f"{self.model.name} says its training calls leave its state alone "
+                    f"(training_uses_state = False), but this one assigned {changed[:3]}."
+                )
+            return outputs, dict(state or {})
         if state is None:
             non_trainable = [v.value for v in self.non_trainable_variables]
         else:

@@ -521,6 +521,9 @@ class SearchNetwork(_CellNetwork):
         ]
         self.num_edges = sum(j + 2 for j in range(num_nodes))
         self.running_stats = bool(running_stats)
+        # Without running statistics training calls neither read nor write the
+        # BN state (`params.FunctionalModel.training_state`).
+        self.training_uses_state = self.running_stats
         for layer in self._flatten_layers(include_self=False):
             if isinstance(layer, ops_lib.BatchNorm):
                 layer.track_running_stats = self.running_stats
