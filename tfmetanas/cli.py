@@ -1,5 +1,6 @@
 """Shared plumbing of the absl entry points (flags live in the entry points)."""
 
+import functools
 import os
 import sys
 
@@ -18,3 +19,9 @@ def run_main(name, fn, *args, **kwargs):
     except errors.TFMetaNASError as e:
         print(f"{name}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def app_main(main, name=None):
+    """`main` for ``absl.app.run`` with `run_main`'s handling of tfmetanas errors
+    (the tools' entry points: ``app.run(cli.app_main(main))``)."""
+    return functools.partial(run_main, name or os.path.basename(sys.argv[0]), main)

@@ -10,11 +10,17 @@ satisfy it.
   TFMETANAS_DATA_DIR=../shared/data python tools/oracle_search_study.py --seeds=20
 """
 
-import argparse
-
 import numpy as np
+from absl import app, flags
 
 from tfmetanas.nas import evolution, nb201, oracle
+
+_SEEDS = flags.DEFINE_integer("seeds", 20, "Searches per method and limit.")
+_POPULATION = flags.DEFINE_integer("population", 20, "Evolution: population size.")
+_OFFSPRING = flags.DEFINE_integer("offspring", 20, "Evolution: offspring per generation.")
+_MUTATION = flags.DEFINE_float("mutation_prob", 0.2, "Evolution: mutation probability.")
+_MAX_MACS = flags.DEFINE_float("max_macs", 100e6, "MACs limit of the second row.")
+_TABLE = flags.DEFINE_string("table", None, "The accuracy CSV (default: from $TFMETANAS_DATA_DIR).")
 
 
 def study(table, max_macs, seeds, population, offspring, mutation_prob):
@@ -43,21 +49,15 @@ def study(table, max_macs, seeds, population, offspring, mutation_prob):
     return threshold, int(valid.sum()), rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--population", type=int, default=20)
-    parser.add_argument("--offspring", type=int, default=20)
-    parser.add_argument("--mutation_prob", type=float, default=0.2)
-    parser.add_argument("--max_macs", type=float, default=100e6, help="MACs limit for row 2")
-    parser.add_argument("--table", default=None, help="CSV (default: $TFMETANAS_DATA_DIR)")
-    args = parser.parse_args()
-    table = oracle.NB201Oracle(args.table)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    table = oracle.NB201Oracle(_TABLE.value)
     print(f"{'limit (MMACs)':>14} {'cells':>6} {'top-1% acc':>10} {'method':>10} "
           f"{'mean':>7} {'median':>7} {'std':>7}")
-    for limit in (None, args.max_macs):
-        threshold, cells, rows = study(table, limit, args.seeds, args.population,
-                                       args.offspring, args.mutation_prob)
+    for limit in (None, _MAX_MACS.value):
+        threshold, cells, rows = study(table, limit, _SEEDS.value, _POPULATION.value,
+                                       _OFFSPRING.value, _MUTATION.value)
         for name, counts in rows.items():
             lim = "none" if limit is None else f"{limit / 1e6:.0f}"
             print(f"{lim:>14} {cells:>6} {threshold:>10.2f} {name:>10} {counts.mean():>7.1f} "
@@ -65,4 +65,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from tfmetanas import cli
+
+    app.run(cli.app_main(main))

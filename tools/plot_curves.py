@@ -56,4 +56,6 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdirs", "out"])
-    app.run(main)
+    from tfmetanas import cli
+
+    app.run(cli.app_main(main))

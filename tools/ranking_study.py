@@ -359,4 +359,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from tfmetanas import cli
+
+    app.run(cli.app_main(main))

@@ -74,4 +74,6 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "out"])
-    app.run(main)
+    from tfmetanas import cli
+
+    app.run(cli.app_main(main))
