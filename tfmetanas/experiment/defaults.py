@@ -58,6 +58,8 @@ def base_config():
     config.model.darts.hard_threshold = 0.01  # hard pruning at the end of task learning
     config.model.darts.soft_prune = "mask"  # mask: pruned ops scaled by 0 | cond: skipped by tf.cond
     config.model.darts.running_stats = True  # BN moving statistics updated (False: never read)
+    # Leading cells whose activations are recomputed in the backward pass (memory for time).
+    config.model.darts.recompute_cells = 0
     config.model.darts.stem_multiplier = 3
     config.model.darts.reduction_channel_multiplier = 1  # 1: constant channel count
 

@@ -77,6 +77,7 @@ def _darts(config, input_shape, output_dim):
         hard_threshold=float(_get(d, "hard_threshold", 0.01)),
         soft_prune=_get(d, "soft_prune", "mask"),
         running_stats=bool(_get(d, "running_stats", True)),
+        recompute_cells=int(_get(d, "recompute_cells", 0)),
         stem_multiplier=int(_get(d, "stem_multiplier", 3)),
         reduction_channel_multiplier=int(_get(d, "reduction_channel_multiplier", 1)),
     )

@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.models import recompute
 from tfmetanas.models.params import add_param
 from tfmetanas.nas import ops as ops_lib
 from tfmetanas.nas.genotype import (
@@ -444,6 +445,12 @@ class SearchNetwork(_CellNetwork):
         support set), where nothing reads them: the same outputs and
         gradients, and a smaller graph (no moving-average update and its
         pruning mask per BN layer and step).
+      recompute_cells: the first this many cells keep only their inputs
+        and outputs for the backward pass and run their forward pass again
+        there (`models.recompute`): the same gradients, less memory for the
+        step's tensors (the first cells, at full resolution, hold most of
+        them), one more forward pass of those cells. Needs
+        ``running_stats=False`` and ``soft_prune="mask"``.
 
     Call: ``model(x, training=False, temperature=1.0, hard_prune=False)`` ->
     logits, with `x` NHWC float images; `temperature` a python float or scalar
@@ -474,6 +481,7 @@ class SearchNetwork(_CellNetwork):
         hard_threshold=0.01,
         soft_prune="mask",
         running_stats=True,
+        recompute_cells=0,
         name="search_network",
         **kwargs,
     ):
@@ -487,6 +495,16 @@ class SearchNetwork(_CellNetwork):
         if soft_prune not in SOFT_PRUNE_MODES:
             raise errors.ConfigError(
                 f"Unknown soft_prune {soft_prune!r}; valid: {', '.join(SOFT_PRUNE_MODES)}."
+            )
+        if not 0 <= int(recompute_cells) <= num_cells:
+            raise errors.ConfigError(
+                f"recompute_cells must be between 0 and num_cells = {num_cells}, got "
+                f"{recompute_cells}."
+            )
+        if int(recompute_cells) and (running_stats or soft_prune != "mask"):
+            raise errors.ConfigError(
+                "Recomputing cells (recompute_cells > 0) needs running_stats=False (a BN "
+                "update inside a recomputed cell would be lost) and soft_prune='mask'."
             )
         super().__init__(
             num_classes,
@@ -521,6 +539,7 @@ class SearchNetwork(_CellNetwork):
         ]
         self.num_edges = sum(j + 2 for j in range(num_nodes))
         self.running_stats = bool(running_stats)
+        self.recompute_cells = int(recompute_cells)
         # Without running statistics training calls neither read nor write the
         # BN state (`params.FunctionalModel.training_state`).
         self.training_uses_state = self.running_stats
@@ -669,18 +688,18 @@ class SearchNetwork(_CellNetwork):
                 else:
                     threshold = self.hard_threshold
         s0 = s1 = self._stem(x, training)
-        for cell in self.cells:
+        for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"
-            out = cell(
-                s0,
-                s1,
-                weights[kind],
-                subset_weights[kind],
-                threshold=threshold,
-                training=training,
-                edge_masks=edge_masks[kind],
-                soft_prune=self.soft_prune,
-            )
+
+            def run(s0, s1, w, sw, threshold, masks, cell=cell):
+                return cell(s0, s1, w, sw, threshold=threshold, training=training,
+                            edge_masks=masks, soft_prune=self.soft_prune)
+
+            cell_args = (s0, s1, weights[kind], subset_weights[kind], threshold, edge_masks[kind])
+            if c < self.recompute_cells and not build_pass:
+                out = recompute.recomputed_call(cell, run, *cell_args)
+            else:
+                out = run(*cell_args)
             s0, s1 = s1, out
         return self._head(s1)
 
