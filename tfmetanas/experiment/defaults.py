@@ -161,6 +161,10 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     # Transductive BN normalises with batch statistics everywhere (export
     # recalibrates from the support set): no moving-average updates to carry.
     config.model.darts.running_stats = False
+    # The first cell (full resolution) holds most of a task step's activations:
+    # recomputed in the backward pass, the step's tensors peak about 100 MB lower
+    # for one more forward pass of that cell (docs/performance.md, session 10).
+    config.model.darts.recompute_cells = 1
     config.train.steps = steps
     config.train.eval_every = 1000
     # Many small independent ops (7 per edge, 9 edges per cell): one thread

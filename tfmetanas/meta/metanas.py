@@ -247,7 +247,8 @@ def build_algorithm(config, fmodel, kind):
     if learner.bn_mode == "running" and not getattr(fmodel.model, "running_stats", True):
         raise errors.ConfigError(
             "inner.bn_mode='running' normalises queries with the moving statistics, but "
-            "model.darts.running_stats=False never updates them: set it to True."
+            "model.darts.running_stats=False never updates them: set it to True (and "
+            "model.darts.recompute_cells=0: recomputed cells cannot update statistics)."
         )
     fixed = inner.TaskLearner(
         fmodel, learner.rules, learner.inner_steps, kind=kind, bn_mode=learner.bn_mode,

@@ -504,7 +504,8 @@ class SearchNetwork(_CellNetwork):
         if int(recompute_cells) and (running_stats or soft_prune != "mask"):
             raise errors.ConfigError(
                 "Recomputing cells (recompute_cells > 0) needs running_stats=False (a BN "
-                "update inside a recomputed cell would be lost) and soft_prune='mask'."
+                "update inside a recomputed cell would be lost) and soft_prune='mask'; "
+                "set model.darts.recompute_cells=0 to use the others."
             )
         super().__init__(
             num_classes,
