@@ -86,3 +86,10 @@ def test_plain_callable_first_call_only_and_interval_zero():
 def test_glibc_malloc_trim_is_found_and_runs():
     assert memory._MALLOC_TRIM is not None
     assert memory._MALLOC_TRIM() in (0, 1)
+
+
+def test_a_copy_of_the_wrapper_calls_the_same_function():
+    import copy
+
+    wrapped = memory.FirstCallTrimmed(lambda x: x + 1, 0)
+    assert copy.copy(wrapped)(1) == 2 and copy.deepcopy(wrapped)(2) == 3

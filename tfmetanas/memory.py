@@ -103,5 +103,8 @@ class FirstCallTrimmed:
         return out
 
     def __getattr__(self, name):
-        # The wrapped function's own API (get_concrete_function, ...).
+        # The wrapped function's own API (get_concrete_function, ...); only called
+        # for names the wrapper lacks ("fn" itself while copying or unpickling).
+        if name == "fn":
+            raise AttributeError(name)
         return getattr(self.fn, name)
