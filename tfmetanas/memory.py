@@ -10,9 +10,10 @@ glibc's ``malloc_trim(0)`` from a background thread while the first call runs
 hands the freed pages back as they are freed, so the peak is closer to what
 is live at any moment. Later calls allocate nothing new, so they run untouched.
 
-Measured (``python tools/memory_profile.py --what=step``, docs/performance.md,
-"Handing back the first call's transient"): the METANAS warm-up row's peak
-1,736 -> 1,490 MB, MAML++ Omniglot 5-way second order 916 -> 841 MB.
+Measured with ``tools/benchmark.py`` and ``--config.train.trim_interval=0`` against
+the default (docs/performance.md, "Peak memory: the first call's transient"):
+the METANAS warm-up row's peak 1,703 -> 1,467 MB, MAML++ Omniglot 5-way
+second order 924-928 -> 860-864 MB.
 
 Where glibc's ``malloc_trim`` does not exist (macOS, musl) this does nothing.
 """
@@ -36,6 +37,11 @@ def _glibc_malloc_trim():
 
 
 _MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def configured_interval(train_config):
+    """A config's ``train.trim_interval`` (`DEFAULT_INTERVAL` where it has none)."""
+    return float(train_config.get("trim_interval", DEFAULT_INTERVAL))
 
 
 @contextlib.contextmanager

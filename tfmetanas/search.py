@@ -23,7 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmetanas import errors
+from tfmetanas import errors, memory
 from tfmetanas.experiment import distribute
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import sumnas
@@ -78,7 +78,8 @@ def _build(config, strategy=None):
             momentum=t.momentum, weight_decay=t.weight_decay, seed=t.seed,
             inner_steps=t.inner_steps, inner_learning_rate=t.inner_learning_rate,
             inner_momentum=t.inner_momentum, fair_reduction=t.fair_reduction,
-            jit_compile=t.jit_compile, distribution=strategy)
+            jit_compile=t.jit_compile, distribution=strategy,
+            trim_interval=memory.configured_interval(t))
     return data, model, trainer
 
 

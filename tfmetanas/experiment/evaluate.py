@@ -2,7 +2,7 @@
 
 import os
 
-from tfmetanas import errors
+from tfmetanas import errors, memory
 from tfmetanas.experiment import evaluation, trainer
 from tfmetanas.experiment import workdir as workdir_lib
 
@@ -34,7 +34,8 @@ def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", s
         raise errors.ConfigError(f"--num_tasks must be >= 1, got {num_tasks}.")
     exp = trainer.Experiment(config, splits=(split,))
     path = workdir_lib.restore(workdir, exp.checkpoint, checkpoint)
-    evaluator = evaluation.Evaluator(exp.algorithm, exp.kind)
+    evaluator = evaluation.Evaluator(exp.algorithm, exp.kind,
+                                     trim_interval=memory.configured_interval(config.train))
     summary, _ = evaluator.run(exp.sources[split], num_tasks, int(config.eval.get("batch_size", 10)))
     summary.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": path,
                     "step": int(exp.step.numpy()), "bn_mode": config.inner.get("bn_mode", "transductive"),

@@ -218,7 +218,7 @@ def _train(config, workdir, strategy, chief, scratch):
 
         return memory.FirstCallTrimmed(tf.function(step_fn, jit_compile=jit), trim_interval)
 
-    trim_interval = float(config.train.get("trim_interval", memory.DEFAULT_INTERVAL))
+    trim_interval = memory.configured_interval(config.train)
     step_fns = {}
     evaluator = evaluation.Evaluator(algorithm, exp.kind, jit_compile=False,
                                      trim_interval=trim_interval)
@@ -344,7 +344,7 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
       A `FixedBatchStep`.
     """
     algorithm = experiment.algorithm
-    interval = float(experiment.config.train.get("trim_interval", memory.DEFAULT_INTERVAL))
+    interval = memory.configured_interval(experiment.config.train)
     if mode == "meta_test":
         tasks = next(iter(experiment.sources["test"].eval_dataset(1, 1)))
         task = {k: v[0] for k, v in tasks.items()}

@@ -92,6 +92,7 @@ class SupernetTrainer:
       distribution: the `tf.distribute.Strategy` the model and this trainer's
         variables were created under (default: the current one); FairNAS and
         SUMNAS split their sub-models over its replicas.
+      trim_interval: see `tfmetanas.memory.FirstCallTrimmed` (``train.trim_interval``).
 
     Example:
       trainer = SupernetTrainer(model, "sumnas", learning_rate=1.0, total_steps=1000)
@@ -104,7 +105,7 @@ class SupernetTrainer:
     def __init__(self, model, strategy, *, learning_rate, total_steps, momentum=0.0,
                  weight_decay=0.0, seed=0, inner_steps=1, inner_learning_rate=0.05,
                  inner_momentum=0.9, fair_reduction="mean", cosine=True, jit_compile=False,
-                 distribution=None):
+                 distribution=None, trim_interval=memory.DEFAULT_INTERVAL):
         if strategy not in STRATEGIES:
             raise errors.ConfigError(f"Unknown supernet strategy {strategy!r}; valid: {STRATEGIES}.")
         if fair_reduction not in ("mean", "sum"):
@@ -147,7 +148,7 @@ class SupernetTrainer:
             return self.distribution.experimental_local_results(per_replica)[0]
 
         self._train_step = memory.FirstCallTrimmed(
-            tf.function(distributed_step, jit_compile=jit_compile))
+            tf.function(distributed_step, jit_compile=jit_compile), trim_interval)
 
     def checkpoint_items(self):
         """Objects to put in a `tf.train.Checkpoint` (model, step, momentum)."""
