@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfmetanas import errors
+from tfmetanas import compiled, errors
 from tfmetanas.experiment import evaluation, trainer
 from tfmetanas.experiment import workdir as workdir_lib
 
@@ -45,7 +45,7 @@ class EnsemblePredictor:
     def __init__(self, algorithm, kind):
         self.algorithm = algorithm
         self.kind = kind
-        self._fn = tf.function(self._batch, reduce_retracing=True)
+        self._fn = compiled.function(self._batch, reduce_retracing=True)
 
     def _batch(self, tasks):
         batch = tf.shape(tasks["support_x"])[0]

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfmetanas import memory
+from tfmetanas import compiled, memory
 
 
 def ci95(values):
@@ -57,9 +57,7 @@ class Evaluator:
     def __init__(self, algorithm, kind, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL):
         self.algorithm = algorithm
         self.kind = kind
-        self._fn = memory.FirstCallTrimmed(
-            tf.function(self._batch, jit_compile=jit_compile, reduce_retracing=True), trim_interval
-        )
+        self._fn = compiled.step(self._batch, jit_compile, trim_interval, reduce_retracing=True)
 
     def _batch(self, tasks):
         batch = tf.shape(tasks["support_x"])[0]

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmetanas import errors
+from tfmetanas import compiled, errors
 from tfmetanas.data import folders
 from tfmetanas.data import preprocess as preprocess_lib
 from tfmetanas.experiment import trainer
@@ -433,7 +433,7 @@ class ServingModule(tf.Module):
     def __init__(self, keras_model, spec):
         super().__init__(name="adapted_task_network")
         self.model_variables = [v.value for v in keras_model.weights]
-        self.serve = tf.function(
+        self.serve = compiled.function(
             _serving_fn(keras_model, dict(spec)),
             input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
         )

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfmetanas import compiled, errors, memory
 from tfmetanas import data as data_lib
-from tfmetanas import errors, memory
 from tfmetanas.experiment import distribute, evaluation
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import algorithms, replicas
@@ -216,7 +216,7 @@ def _train(config, workdir, strategy, chief, scratch):
             per_replica = exp.strategy.run(replica, args=(tasks, iteration))
             return exp.strategy.experimental_local_results(per_replica)[0]
 
-        return memory.FirstCallTrimmed(tf.function(step_fn, jit_compile=jit), trim_interval)
+        return compiled.step(step_fn, jit, trim_interval)
 
     trim_interval = memory.configured_interval(config.train)
     step_fns = {}
@@ -349,7 +349,7 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
         tasks = next(iter(experiment.sources["test"].eval_dataset(1, 1)))
         task = {k: v[0] for k, v in tasks.items()}
 
-        @tf.function(jit_compile=jit_compile)
+        @compiled.function(jit_compile=jit_compile)
         def step(task):
             return {"meta/loss": algorithm.test_adapt(task).query_losses[-1]}
 
@@ -364,7 +364,7 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
     if second_order is not None:
         options["second_order"] = bool(second_order)
 
-    @tf.function(jit_compile=jit_compile)
+    @compiled.function(jit_compile=jit_compile)
     def step(tasks, iteration):
         return algorithm.meta_learner.replica_step(tasks, iteration, **options)
 

@@ -52,7 +52,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tfmetanas import errors, memory
+from tfmetanas import compiled, errors, memory
 from tfmetanas.meta import replicas, rules
 from tfmetanas.models import params as params_lib
 from tfmetanas.nas import supernet as sn
@@ -147,8 +147,7 @@ class SupernetTrainer:
             # Every replica returns the same (all-reduced) values.
             return self.distribution.experimental_local_results(per_replica)[0]
 
-        self._train_step = memory.FirstCallTrimmed(
-            tf.function(distributed_step, jit_compile=jit_compile), trim_interval)
+        self._train_step = compiled.step(distributed_step, jit_compile, trim_interval)
 
     def checkpoint_items(self):
         """Objects to put in a `tf.train.Checkpoint` (model, step, momentum)."""

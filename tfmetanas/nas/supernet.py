@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmetanas import errors
+from tfmetanas import compiled, errors
 from tfmetanas.models import params as params_lib
 
 SELECTIONS = ("switch", "stack")
@@ -380,7 +380,7 @@ def fixed_arch_train_step(fm, rule):
     of sampled architectures (ranking references) uses it.
     """
 
-    @tf.function
+    @compiled.function
     def step(step, images, labels, arch, rule_state):
         params = fm.params("weights")
         with tf.GradientTape() as tape:
@@ -423,8 +423,8 @@ class SubmodelEvaluator:
         self.val_images = np.asarray(val_images, np.float32)
         self.val_labels = np.asarray(val_labels, np.int32)
         self.batch_size = int(batch_size)
-        self._stats = tf.function(self._batch_stats)
-        self._score = tf.function(self._batch_score)
+        self._stats = compiled.function(self._batch_stats)
+        self._score = compiled.function(self._batch_score)
 
     def _batch_stats(self, images, arch):
         # From zero statistics a BN layer with momentum m returns (1 - m) *

@@ -1,0 +1,61 @@
+"""tfmetanas.compiled: the package's tf.functions trace without AutoGraph."""
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmetanas import compiled, memory
+
+
+def branchy(x):
+    if tf.reduce_sum(x) > 0:  # Python control flow on a tensor: AutoGraph would convert it.
+        return x
+    return -x
+
+
+def test_python_control_flow_on_tensors_is_not_converted():
+    x = tf.constant([1.0, -3.0])
+    # tf.function (AutoGraph on) converts the `if` into a tf.cond ...
+    np.testing.assert_allclose(tf.function(branchy)(x).numpy(), [-1.0, 3.0])
+    # ... the package's functions refuse it while tracing.
+    with pytest.raises(TypeError, match="Python `bool`"):
+        compiled.function(branchy)(x)
+
+
+def test_decorator_forms_and_arguments_reach_tf_function():
+    @compiled.function
+    def double(x):
+        return 2 * x
+
+    @compiled.function(reduce_retracing=True, jit_compile=False)
+    def triple(x):
+        return 3 * x
+
+    assert isinstance(double, tf.types.experimental.PolymorphicFunction)
+    np.testing.assert_allclose(double(tf.constant(2.0)).numpy(), 4.0)
+    np.testing.assert_allclose(triple(tf.constant(2.0)).numpy(), 6.0)
+    with pytest.raises(TypeError, match="AutoGraph"):
+        compiled.function(branchy, autograph=True)
+
+
+def test_step_is_a_trimmed_function_with_the_eager_result():
+    step = compiled.step(lambda x: tf.nn.relu(x) * 2.0, trim_interval=0.05)
+    assert isinstance(step, memory.FirstCallTrimmed) and step.interval == 0.05
+    x = tf.constant([[-1.0, 2.0]])
+    np.testing.assert_allclose(step(x).numpy(), [[0.0, 4.0]])
+    assert step.get_concrete_function(x) is not None
+
+
+def test_the_package_makes_its_tf_functions_here():
+    root = pathlib.Path(compiled.__file__).parent
+    direct = re.compile(r"(@tf\.function\b|\btf\.function\()")
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py")) if path.name != "compiled.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if direct.search(line.split("#")[0]) and "`tf.function" not in line
+    ]
+    assert not offenders, f"use tfmetanas.compiled.function: {offenders}"
