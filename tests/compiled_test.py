@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmetanas import compiled, memory
+from tests.meta import helpers, metanas_test
+from tfmetanas import compiled, errors, memory
+from tfmetanas.experiment import trainer
+from tfmetanas.experiment.defaults import base_config
 
 
 def branchy(x):
@@ -59,3 +62,43 @@ def test_the_package_makes_its_tf_functions_here():
         if direct.search(line.split("#")[0]) and "`tf.function" not in line
     ]
     assert not offenders, f"use tfmetanas.compiled.function: {offenders}"
+
+
+@pytest.fixture
+def restore_graph_optimizer():
+    yield
+    compiled.configure_graph_optimizer({"graph_optimizer": "default"})
+
+
+def test_graph_optimizer_setting_is_applied_and_bad_values_refused(restore_graph_optimizer):
+    options = tf.config.optimizer.get_experimental_options
+    compiled.configure_graph_optimizer({"graph_optimizer": "off"})
+    assert options()["disable_meta_optimizer"] is True
+    compiled.configure_graph_optimizer({})  # A config without the key: the default.
+    assert options()["disable_meta_optimizer"] is False
+    with pytest.raises(errors.ConfigError, match="graph_optimizer"):
+        compiled.configure_graph_optimizer({"graph_optimizer": "fast"})
+
+
+def test_a_bad_graph_optimizer_is_refused_before_the_workdir_is_touched(tmp_path):
+    config = base_config()
+    config.train.graph_optimizer = "none"
+    with pytest.raises(errors.ConfigError, match="graph_optimizer"):
+        trainer.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_metanas_meta_step_moves_the_same_with_the_graph_optimizer_off(restore_graph_optimizer):
+    moved = {}
+    for choice in ("default", "off"):
+        compiled.configure_graph_optimizer({"graph_optimizer": choice})
+        fm = metanas_test.tiny_search(prune_threshold=0.0, running_stats=False)
+        alg = metanas_test.tiny_metanas(fm, meta="maml")
+        tasks = helpers.random_tasks(batch=2)
+        step = compiled.function(
+            lambda tasks, i, alg=alg: alg.meta_learner.replica_step(tasks, i, **alg.step_options(1)))
+        step(tasks, tf.constant(1))
+        moved[choice] = {**metanas_test.weight_values(fm), **metanas_test.arch_values(fm)}
+    assert moved["off"].keys() == moved["default"].keys()
+    for path, value in moved["default"].items():
+        np.testing.assert_allclose(moved["off"][path], value, rtol=1e-5, atol=1e-6, err_msg=path)

@@ -16,7 +16,9 @@ import functools
 
 import tensorflow as tf
 
-from tfmetanas import memory
+from tfmetanas import errors, memory
+
+GRAPH_OPTIMIZER = ("default", "off")
 
 
 def function(fn=None, **kwargs):
@@ -41,3 +43,26 @@ def step(fn, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL, **kwargs)
       A `tfmetanas.memory.FirstCallTrimmed` around the `tf.function`.
     """
     return memory.FirstCallTrimmed(function(fn, jit_compile=jit_compile, **kwargs), trim_interval)
+
+
+def configure_graph_optimizer(train_config):
+    """Applies ``train.graph_optimizer``: "default" (Grappler on) or "off".
+
+    TensorFlow optimises a graph (Grappler: constant folding, arithmetic
+    simplification, op fusion, memory rewrites, ...) when a `tf.function`'s
+    concrete function is first called. On the METANAS search network's step it
+    takes about 7 of a first call's 25 s and the step runs no faster for it
+    (docs/performance.md, "Graph optimisation off for METANAS"), so the METANAS
+    configs turn it off; the conv4 and ResNet configs keep it (it fuses their
+    convolutions with bias and activation).
+
+    The setting belongs to the process (`tf.config.optimizer`), and is applied
+    to it whatever it was before, so that configs run one after another in one
+    process (tests, notebooks) each get their own. It applies to functions
+    first called after it; results do not depend on it.
+    """
+    choice = str(train_config.get("graph_optimizer", "default"))
+    if choice not in GRAPH_OPTIMIZER:
+        raise errors.ConfigError(
+            f"train.graph_optimizer must be one of {GRAPH_OPTIMIZER}, got {choice!r}.")
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": choice == "off"})

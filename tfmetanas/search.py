@@ -23,7 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfmetanas import errors, memory
+from tfmetanas import compiled, errors, memory
 from tfmetanas.experiment import distribute
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import sumnas
@@ -68,6 +68,7 @@ def _build(config, strategy=None):
         supervised_data.load_class_arrays(config.data, config.train.seed),
         int(config.data.val_per_class), seed=config.train.seed)
     t = config.train
+    compiled.configure_graph_optimizer(t)
     strategy = strategy or tf.distribute.get_strategy()
     # Variables are created under the strategy: FairNAS/SUMNAS split their
     # sub-models over its replicas (meta/sumnas.py explains the choice).

@@ -117,6 +117,9 @@ def base_config():
     # Seconds between hand-backs of freed memory while a compiled step is first
     # called (graph optimisation's transient; `tfmetanas.memory`). 0: off.
     config.train.trim_interval = 0.2
+    # Grappler's graph optimisation at a step's first call: default | off
+    # (`tfmetanas.compiled.configure_graph_optimizer`; off in the METANAS configs).
+    config.train.graph_optimizer = "default"
     config.train.time_limit_minutes = 0.0  # training-time budget, summed over resumptions (0: none)
     config.train.progress = True
     # Where the meta-batch runs (README "Several GPUs and machines"): none |

@@ -74,6 +74,7 @@ class Experiment:
     def __init__(self, config, splits=("train", "val"), strategy=None):
         self.config = config
         distribute.configure_threads(config)
+        compiled.configure_graph_optimizer(config.train)
         seed = int(config.train.seed)
         self.sources = {
             s: data_lib.get_task_source(data_config_for(config, s), s, seed) for s in splits
@@ -154,6 +155,7 @@ def run(config, workdir):
     # workdir; other workers save their (identical) checkpoints to a scratch
     # directory they delete, and write no summaries, curves or config.
     distribute.configure_threads(config)
+    compiled.configure_graph_optimizer(config.train)
     strategy = distribute.make_strategy(config)
     validate(config, strategy)
     chief = distribute.is_chief(strategy)
