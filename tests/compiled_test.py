@@ -67,31 +67,40 @@ def test_the_package_makes_its_tf_functions_here():
 @pytest.fixture
 def restore_graph_optimizer():
     yield
-    compiled.configure_graph_optimizer({"graph_optimizer": "default"})
+    compiled.configure_graph_optimizer({})
 
 
-def test_graph_optimizer_setting_is_applied_and_bad_values_refused(restore_graph_optimizer):
+def test_skipped_graph_optimizations_are_applied_whole_and_bad_names_refused(
+        restore_graph_optimizer):
     options = tf.config.optimizer.get_experimental_options
-    compiled.configure_graph_optimizer({"graph_optimizer": "off"})
-    assert options()["disable_meta_optimizer"] is True
-    compiled.configure_graph_optimizer({})  # A config without the key: the default.
+    compiled.configure_graph_optimizer(
+        {"skip_graph_optimizations": "remapping, constant_folding"})
+    assert options()["remapping"] is False and options()["constant_folding"] is False
+    assert options()["arithmetic_optimization"] is True
     assert options()["disable_meta_optimizer"] is False
-    with pytest.raises(errors.ConfigError, match="graph_optimizer"):
-        compiled.configure_graph_optimizer({"graph_optimizer": "fast"})
+    compiled.configure_graph_optimizer({"skip_graph_optimizations": "all"})
+    assert options()["disable_meta_optimizer"] is True
+    compiled.configure_graph_optimizer({})  # A config without the key: every pass, as before.
+    assert options()["disable_meta_optimizer"] is False
+    assert all(options()[name] is True for name in compiled.GRAPH_OPTIMIZATIONS)
+    for bad in ("remaping", "all,remapping", "none"):
+        with pytest.raises(errors.ConfigError, match="skip_graph_optimizations"):
+            compiled.configure_graph_optimizer({"skip_graph_optimizations": bad})
 
 
-def test_a_bad_graph_optimizer_is_refused_before_the_workdir_is_touched(tmp_path):
+def test_a_bad_pass_name_is_refused_before_the_workdir_is_touched(tmp_path):
     config = base_config()
-    config.train.graph_optimizer = "none"
-    with pytest.raises(errors.ConfigError, match="graph_optimizer"):
+    config.train.skip_graph_optimizations = "constant_fold"
+    with pytest.raises(errors.ConfigError, match="skip_graph_optimizations"):
         trainer.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
-def test_a_metanas_meta_step_moves_the_same_with_the_graph_optimizer_off(restore_graph_optimizer):
+@pytest.mark.parametrize("skip", ["all", ",".join(compiled.GRAPH_OPTIMIZATIONS)])
+def test_a_metanas_meta_step_moves_the_same_with_passes_skipped(skip, restore_graph_optimizer):
     moved = {}
-    for choice in ("default", "off"):
-        compiled.configure_graph_optimizer({"graph_optimizer": choice})
+    for choice in ("", skip):
+        compiled.configure_graph_optimizer({"skip_graph_optimizations": choice})
         fm = metanas_test.tiny_search(prune_threshold=0.0, running_stats=False)
         alg = metanas_test.tiny_metanas(fm, meta="maml")
         tasks = helpers.random_tasks(batch=2)
@@ -99,6 +108,6 @@ def test_a_metanas_meta_step_moves_the_same_with_the_graph_optimizer_off(restore
             lambda tasks, i, alg=alg: alg.meta_learner.replica_step(tasks, i, **alg.step_options(1)))
         step(tasks, tf.constant(1))
         moved[choice] = {**metanas_test.weight_values(fm), **metanas_test.arch_values(fm)}
-    assert moved["off"].keys() == moved["default"].keys()
-    for path, value in moved["default"].items():
-        np.testing.assert_allclose(moved["off"][path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert moved[skip].keys() == moved[""].keys()
+    for path, value in moved[""].items():
+        np.testing.assert_allclose(moved[skip][path], value, rtol=1e-5, atol=1e-6, err_msg=path)

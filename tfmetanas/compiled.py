@@ -18,7 +18,12 @@ import tensorflow as tf
 
 from tfmetanas import errors, memory
 
-GRAPH_OPTIMIZER = ("default", "off")
+# Grappler passes a config may skip (`tf.config.optimizer` names; all on by default).
+GRAPH_OPTIMIZATIONS = (
+    "arithmetic_optimization", "constant_folding", "dependency_optimization",
+    "function_optimization", "layout_optimizer", "loop_optimization", "remapping",
+    "shape_optimization",
+)
 
 
 def function(fn=None, **kwargs):
@@ -46,23 +51,36 @@ def step(fn, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL, **kwargs)
 
 
 def configure_graph_optimizer(train_config):
-    """Applies ``train.graph_optimizer``: "default" (Grappler on) or "off".
+    """Applies ``train.skip_graph_optimizations``: Grappler passes not to run.
 
-    TensorFlow optimises a graph (Grappler: constant folding, arithmetic
-    simplification, op fusion, memory rewrites, ...) when a `tf.function`'s
-    concrete function is first called. On the METANAS search network's step it
-    takes about 7 of a first call's 25 s and the step runs no faster for it
-    (docs/performance.md, "Graph optimisation off for METANAS"), so the METANAS
-    configs turn it off; the conv4 and ResNet configs keep it (it fuses their
-    convolutions with bias and activation).
+    TensorFlow optimises a graph (Grappler) when a `tf.function`'s concrete
+    function is first called. The value is "" (every pass runs), "all"
+    (Grappler off) or comma-separated names from `GRAPH_OPTIMIZATIONS`. On the
+    METANAS search network's step, arithmetic simplification, constant folding,
+    the layout pass and op fusion (remapping) take about 4 of a first call's
+    25 s and the step neither runs faster nor holds less for them, so the
+    METANAS configs skip those four; Grappler as a whole must stay, as its
+    other passes keep the step's peak memory 330 MB lower (docs/performance.md,
+    "Compile time: no AutoGraph, fewer graph passes"). The conv4 and ResNet
+    configs skip nothing (remapping fuses their convolutions with bias and
+    activation).
 
-    The setting belongs to the process (`tf.config.optimizer`), and is applied
-    to it whatever it was before, so that configs run one after another in one
-    process (tests, notebooks) each get their own. It applies to functions
+    The setting belongs to the process (`tf.config.optimizer`) and is applied
+    whole, whatever was set before, so that configs run one after another in
+    one process (tests, notebooks) each get their own. It reaches functions
     first called after it; results do not depend on it.
+
+    Raises:
+      ConfigError: for a name that is not a skippable pass.
     """
-    choice = str(train_config.get("graph_optimizer", "default"))
-    if choice not in GRAPH_OPTIMIZER:
+    value = str(train_config.get("skip_graph_optimizations", "") or "").strip()
+    skip = {name.strip() for name in value.split(",") if name.strip()}
+    off = skip == {"all"}
+    unknown = sorted(skip - set(GRAPH_OPTIMIZATIONS)) if not off else []
+    if unknown:
         raise errors.ConfigError(
-            f"train.graph_optimizer must be one of {GRAPH_OPTIMIZER}, got {choice!r}.")
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": choice == "off"})
+            f"train.skip_graph_optimizations={value!r}: unknown {unknown}; use \"\", \"all\" or "
+            f"comma-separated names from {', '.join(GRAPH_OPTIMIZATIONS)}.")
+    options = {name: off or name not in skip for name in GRAPH_OPTIMIZATIONS}
+    options["disable_meta_optimizer"] = off
+    tf.config.optimizer.set_experimental_options(options)

@@ -56,7 +56,7 @@ def get_config():
     config.train.fair_reduction = "mean"  # FairNAS: average the m gradients
     config.train.jit_compile = False
     config.train.trim_interval = 0.2  # s between malloc trims in a first call (tfmetanas.memory)
-    config.train.graph_optimizer = "default"  # Grappler: default | off (tfmetanas.compiled)
+    config.train.skip_graph_optimizations = ""  # Grappler passes skipped (tfmetanas.compiled)
     config.train.log_every = 10  # steps
     config.train.eval_every = 500  # steps
     config.train.checkpoint_every = 200  # steps

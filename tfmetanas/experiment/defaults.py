@@ -117,9 +117,9 @@ def base_config():
     # Seconds between hand-backs of freed memory while a compiled step is first
     # called (graph optimisation's transient; `tfmetanas.memory`). 0: off.
     config.train.trim_interval = 0.2
-    # Grappler's graph optimisation at a step's first call: default | off
-    # (`tfmetanas.compiled.configure_graph_optimizer`; off in the METANAS configs).
-    config.train.graph_optimizer = "default"
+    # Grappler passes skipped when a step is first called: "" (none), "all", or
+    # comma-separated names (`tfmetanas.compiled.configure_graph_optimizer`).
+    config.train.skip_graph_optimizations = ""
     config.train.time_limit_minutes = 0.0  # training-time budget, summed over resumptions (0: none)
     config.train.progress = True
     # Where the meta-batch runs (README "Several GPUs and machines"): none |
@@ -173,6 +173,10 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     # Many small independent ops (7 per edge, 9 edges per cell): one thread
     # each, as many at once as there are cores (docs/performance.md: 1.45x).
     config.train.intra_op_threads = 1
+    # Grappler passes that cost about 4 s of the first call and buy this step
+    # nothing (tfmetanas.compiled.configure_graph_optimizer).
+    config.train.skip_graph_optimizations = (
+        "arithmetic_optimization,constant_folding,layout_optimizer,remapping")
     return config
 
 
