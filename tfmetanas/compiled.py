@@ -54,21 +54,22 @@ def configure_graph_optimizer(train_config):
     """Applies ``train.skip_graph_optimizations``: Grappler passes not to run.
 
     TensorFlow optimises a graph (Grappler) when a `tf.function`'s concrete
-    function is first called. The value is "" (every pass runs), "all"
-    (Grappler off) or comma-separated names from `GRAPH_OPTIMIZATIONS`. On the
-    METANAS search network's step, arithmetic simplification, constant folding,
-    the layout pass and op fusion (remapping) take about 4 of a first call's
-    25 s and the step neither runs faster nor holds less for them, so the
-    METANAS configs skip those four; Grappler as a whole must stay, as its
-    other passes keep the step's peak memory 330 MB lower (docs/performance.md,
-    "Compile time: no AutoGraph, fewer graph passes"). The conv4 and ResNet
-    configs skip nothing (remapping fuses their convolutions with bias and
-    activation).
+    function is first called. The value is "" (every pass runs, the default
+    of every config), "all" (Grappler off) or comma-separated names from
+    `GRAPH_OPTIMIZATIONS`. On the METANAS search network's step, arithmetic
+    simplification, constant folding, the layout pass and op fusion
+    (remapping) take 1-4 s of a first call of 25-30 s, and the step neither
+    runs faster nor holds less for them; Grappler as a whole keeps the step's
+    peak memory 330 MB lower (docs/performance.md, "Compile time: no AutoGraph,
+    fewer graph passes"). No config skips passes: a TensorFlow bug makes
+    compiled second-order gradients through 3x3 stride-1 max-pooling come out
+    wrong in some traces, and which traces depends on these passes (same
+    section).
 
     The setting belongs to the process (`tf.config.optimizer`) and is applied
     whole, whatever was set before, so that configs run one after another in
     one process (tests, notebooks) each get their own. It reaches functions
-    first called after it; results do not depend on it.
+    first called after it.
 
     Raises:
       ConfigError: for a name that is not a skippable pass.

@@ -173,10 +173,10 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     # Many small independent ops (7 per edge, 9 edges per cell): one thread
     # each, as many at once as there are cores (docs/performance.md: 1.45x).
     config.train.intra_op_threads = 1
-    # Grappler passes that cost about 4 s of the first call and buy this step
-    # nothing (tfmetanas.compiled.configure_graph_optimizer).
-    config.train.skip_graph_optimizations = (
-        "arithmetic_optimization,constant_folding,layout_optimizer,remapping")
+    # Every Grappler pass runs: skipping arithmetic, constant folding, layout and
+    # remapping saves 1-4 s of a first call, but changes the (wrong) value a
+    # compiled second-order gradient through 3x3 max-pooling takes under a
+    # TensorFlow bug (docs/performance.md, "Compile time"), so it is not the default.
     return config
 
 
