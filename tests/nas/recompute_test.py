@@ -23,7 +23,10 @@ def tiny(recompute_cells, seed=0):
     keras.utils.set_random_seed(seed)
     net = darts.SearchNetwork(3, channels=4, num_cells=3, reduction_cells=(1,), num_nodes=2,
                               primitives=PRIMS, running_stats=False,
-                              recompute_cells=recompute_cells)
+                              recompute_cells=recompute_cells,
+                              # Exact compiled second-order gradients through max-pooling
+                              # (TensorFlow's own are not: tests/nas/max_pool_argmax_test.py).
+                              max_pool_gradient="argmax")
     net(tf.zeros((2, 8, 8, 1)))
     return FunctionalModel(net)
 

@@ -60,6 +60,10 @@ def base_config():
     config.model.darts.running_stats = True  # BN moving statistics updated (False: never read)
     # Leading cells whose activations are recomputed in the backward pass (memory for time).
     config.model.darts.recompute_cells = 0
+    # Max-pooling's gradient: native (TensorFlow's) | argmax (a scatter whose
+    # second-order gradients are exact in compiled graphs; TensorFlow's are not
+    # for 3x3 stride-1 pooling, so second-order meta-learners need it).
+    config.model.darts.max_pool_gradient = "native"
     config.model.darts.stem_multiplier = 3
     config.model.darts.reduction_channel_multiplier = 1  # 1: constant channel count
 

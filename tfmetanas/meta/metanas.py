@@ -259,6 +259,16 @@ def build_algorithm(config, fmodel, kind):
     meta_learner = algorithms.ALGORITHMS.get(_get(meta, "algorithm", "reptile"))(
         config, learner, int(config.train.steps)
     )
+    second_order = bool(_get(meta, "second_order", False))
+    model = fmodel.model
+    if (second_order and _get(meta, "algorithm", "reptile") != "reptile"
+            and "max_pool_3x3" in model.primitives and model.max_pool_gradient == "native"):
+        raise errors.ConfigError(
+            "Second-order meta-gradients through max_pool_3x3 need "
+            "model.darts.max_pool_gradient='argmax': TensorFlow's max-pooling gradient "
+            "drops second-order terms in compiled graphs (docs/performance.md, \"A "
+            "TensorFlow bug\"). Set it, or meta.second_order=False."
+        )
     warmup = _get(section, "warmup_until", -1)
     if warmup is None or int(warmup) < 0:
         warmup = int(config.train.steps) // 2  # The paper: the first half of meta-training.
@@ -270,6 +280,6 @@ def build_algorithm(config, fmodel, kind):
         weight_steps=int(_get(section, "eval_weight_steps", 50)),
         warmup_until=int(warmup),
         t_min=t_min,
-        second_order=bool(_get(meta, "second_order", False)),
+        second_order=second_order,
         first_order_until=int(_get(meta, "first_order_until", 0)),
     )

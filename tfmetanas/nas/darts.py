@@ -451,6 +451,11 @@ class SearchNetwork(_CellNetwork):
         step's tensors (the first cells, at full resolution, hold most of
         them), one more forward pass of those cells. Needs
         ``running_stats=False`` and ``soft_prune="mask"``.
+      max_pool_gradient: "native" or "argmax" (`ops.max_pool_argmax`): how
+        the max-pooling ops differentiate. Second-order gradients through
+        TensorFlow's native one are wrong in compiled graphs for stride-1
+        pooling (a TensorFlow bug); "argmax" is exact, and needed by
+        second-order meta-learners (a config check refuses "native" there).
 
     Call: ``model(x, training=False, temperature=1.0, hard_prune=False)`` ->
     logits, with `x` NHWC float images; `temperature` a python float or scalar
@@ -482,6 +487,7 @@ class SearchNetwork(_CellNetwork):
         soft_prune="mask",
         running_stats=True,
         recompute_cells=0,
+        max_pool_gradient="native",
         name="search_network",
         **kwargs,
     ):
@@ -500,6 +506,11 @@ class SearchNetwork(_CellNetwork):
             raise errors.ConfigError(
                 f"recompute_cells must be between 0 and num_cells = {num_cells}, got "
                 f"{recompute_cells}."
+            )
+        if max_pool_gradient not in ops_lib.MAX_POOL_GRADIENTS:
+            raise errors.ConfigError(
+                f"Unknown max_pool_gradient {max_pool_gradient!r}; valid: "
+                f"{', '.join(ops_lib.MAX_POOL_GRADIENTS)}."
             )
         if int(recompute_cells) and (running_stats or soft_prune != "mask"):
             raise errors.ConfigError(
@@ -544,9 +555,12 @@ class SearchNetwork(_CellNetwork):
         # Without running statistics training calls neither read nor write the
         # BN state (`params.FunctionalModel.training_state`).
         self.training_uses_state = self.running_stats
+        self.max_pool_gradient = max_pool_gradient
         for layer in self._flatten_layers(include_self=False):
             if isinstance(layer, ops_lib.BatchNorm):
                 layer.track_running_stats = self.running_stats
+            if isinstance(layer, ops_lib.Pool):
+                layer.max_pool_gradient = max_pool_gradient
 
     def build(self, input_shape):
         init = keras.initializers.RandomNormal(stddev=1e-3)  # DARTS: 1e-3 * N(0, 1).

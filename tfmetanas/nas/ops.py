@@ -470,8 +470,47 @@ def subsample_even(x, memo=None):
     return _even_odd(x, memo)[0]
 
 
+MAX_POOL_GRADIENTS = ("native", "argmax")
+
+
+def max_pool_argmax(x, size, stride):
+    """``tf.nn.max_pool2d(x, size, stride, "SAME")`` with its gradient written as a scatter.
+
+    The backward pass sums the output gradients into the positions of the
+    window maxima (`tf.nn.max_pool_with_argmax`, `tf.math.unsorted_segment_sum`),
+    whose own gradient is a gather: second-order gradients through it are
+    exact in a `tf.function` as in eager execution. TensorFlow's `MaxPoolGrad`
+    is not, for overlapping windows: inside a `tf.function` a nested tape's
+    second-order gradient through a 3x3 stride-1 max-pool comes out wrong
+    (the terms through ``MaxPoolGradGrad`` dropped) in some traces, eager
+    execution and finite differences agree (docs/performance.md, "A TensorFlow
+    bug"). Same values and first-order gradients as `tf.nn.max_pool2d`.
+    """
+
+    @tf.custom_gradient
+    def pool(x):
+        y, argmax = tf.nn.max_pool_with_argmax(x, size, stride, "SAME",
+                                               include_batch_in_index=True)
+
+        def grad(dy):
+            dx = tf.math.unsorted_segment_sum(
+                tf.reshape(dy, [-1]), tf.reshape(argmax, [-1]), tf.size(x, out_type=tf.int64))
+            return tf.reshape(dx, tf.shape(x))
+
+        return y, grad
+
+    return pool(x)
+
+
 class Pool(Op):
-    """3x3 max/avg pooling ('SAME'; average excludes padding) followed by BN."""
+    """3x3 max/avg pooling ('SAME'; average excludes padding) followed by BN.
+
+    ``max_pool_gradient``: "native" (TensorFlow's `MaxPoolGrad`, the fastest) or
+    "argmax" (`max_pool_argmax`: exact second-order gradients in compiled
+    graphs); set for a whole network by `darts.SearchNetwork`.
+    """
+
+    max_pool_gradient = "native"
 
     def __init__(self, channels, stride=1, kind="max", **kwargs):
         super().__init__(channels, stride, **kwargs)
@@ -479,8 +518,13 @@ class Pool(Op):
         self.bn = BatchNorm(name="bn")
 
     def call(self, x, training=False, memo=None, scale=None):
-        pool = tf.nn.max_pool2d if self.kind == "max" else tf.nn.avg_pool2d
-        key = (self.kind, self.stride)
+        if self.kind == "avg":
+            pool = tf.nn.avg_pool2d
+        elif self.max_pool_gradient == "argmax":
+            pool = lambda x, size, stride, padding: max_pool_argmax(x, size, stride)  # noqa: E731
+        else:
+            pool = tf.nn.max_pool2d
+        key = (self.kind, self.stride, self.max_pool_gradient)
         pooled = _memoized(memo, ("pool",) + key, lambda: pool(x, 3, self.stride, "SAME"))
         if not training:
             return self.bn(pooled, training=False, scale=scale)
