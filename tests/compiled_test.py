@@ -1,5 +1,6 @@
 """tfmetanas.compiled: the package's tf.functions trace without AutoGraph."""
 
+import os
 import pathlib
 import re
 
@@ -76,13 +77,15 @@ def test_skipped_graph_optimizations_are_applied_whole_and_bad_names_refused(
     compiled.configure_graph_optimizer(
         {"skip_graph_optimizations": "remapping, constant_folding"})
     assert options()["remapping"] is False and options()["constant_folding"] is False
-    assert options()["arithmetic_optimization"] is True
-    assert options()["disable_meta_optimizer"] is False
+    assert options().get("arithmetic_optimization") is None  # TensorFlow's default: on.
+    assert not options().get("disable_meta_optimizer")
+    compiled.configure_graph_optimizer({"skip_graph_optimizations": ("layout_optimizer",)})
+    assert options()["layout_optimizer"] is False and options().get("remapping") is None
     compiled.configure_graph_optimizer({"skip_graph_optimizations": "all"})
     assert options()["disable_meta_optimizer"] is True
-    compiled.configure_graph_optimizer({})  # A config without the key: every pass, as before.
-    assert options()["disable_meta_optimizer"] is False
-    assert all(options()[name] is True for name in compiled.GRAPH_OPTIMIZATIONS)
+    compiled.configure_graph_optimizer({})  # A config without the key: TensorFlow's defaults.
+    assert not options().get("disable_meta_optimizer")
+    assert all(options().get(name) is None for name in compiled.GRAPH_OPTIMIZATIONS)
     for bad in ("remaping", "all,remapping", "none"):
         with pytest.raises(errors.ConfigError, match="skip_graph_optimizations"):
             compiled.configure_graph_optimizer({"skip_graph_optimizations": bad})
@@ -111,3 +114,27 @@ def test_a_metanas_meta_step_moves_the_same_with_passes_skipped(skip, restore_gr
     assert moved[skip].keys() == moved[""].keys()
     for path, value in moved[""].items():
         np.testing.assert_allclose(moved[skip][path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_a_run_from_before_the_new_keys_resumes(tmp_path):
+    """Workdirs written before train.skip_graph_optimizations and
+    model.darts.max_pool_gradient existed resume (neither changes what a
+    checkpoint holds); another changed key is still refused."""
+    import json
+
+    from tfmetanas.experiment import workdir as workdir_lib
+
+    config = base_config()
+    workdir = str(tmp_path / "run")
+    workdir_lib.prepare_workdir(workdir, config)
+    tf.train.Checkpoint(step=tf.Variable(1)).save(os.path.join(workdir, "checkpoints", "ckpt"))
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        old = json.load(f)
+    del old["train"]["skip_graph_optimizations"], old["model"]["darts"]["max_pool_gradient"]
+    with open(path, "w") as f:
+        json.dump(old, f)
+    workdir_lib.prepare_workdir(workdir, config)
+    config.train.seed = 7
+    with pytest.raises(errors.CheckpointError, match="seed"):
+        workdir_lib.prepare_workdir(workdir, config)

@@ -5,8 +5,8 @@ The engine's graphs are built from explicit TensorFlow control flow
 unroll (inner steps, cells, candidate operations). AutoGraph would only
 re-read that Python source to look for tensor-dependent control flow there is
 none of, and it wraps every call and loop it meets on the way: a METANAS meta-step
-(23,000 nodes) traced in 8.9 s with it and 6.1 s without
-(docs/performance.md, "Compile time without AutoGraph"). So every `tf.function`
+(24,648 nodes) traced in 9.7-10.1 s with it and 6.1-6.4 s without
+(docs/performance.md, "Compile time: no AutoGraph, fewer graph passes"). So every `tf.function`
 of the package is made here, with ``autograph=False``; a Python ``if`` or
 ``while`` on a tensor inside one fails while tracing ("using a `tf.Tensor` as a
 Python `bool` is not allowed") instead of being converted.
@@ -58,23 +58,24 @@ def configure_graph_optimizer(train_config):
     of every config), "all" (Grappler off) or comma-separated names from
     `GRAPH_OPTIMIZATIONS`. On the METANAS search network's step, arithmetic
     simplification, constant folding, the layout pass and op fusion
-    (remapping) take 1-4 s of a first call of 25-30 s, and the step neither
-    runs faster nor holds less for them; Grappler as a whole keeps the step's
-    peak memory 330 MB lower (docs/performance.md, "Compile time: no AutoGraph,
-    fewer graph passes"). No config skips passes: a TensorFlow bug makes
-    compiled second-order gradients through 3x3 stride-1 max-pooling come out
-    wrong in some traces, and which traces depends on these passes (same
-    section).
+    (remapping) take 1-5 s of a first call of 25-30 s (within the spread
+    between runs), and the step neither runs faster nor holds less for them;
+    Grappler as a whole keeps the step's peak memory 330 MB lower
+    (docs/performance.md, "Compile time: no AutoGraph, fewer graph passes").
+    No config skips passes by default.
 
     The setting belongs to the process (`tf.config.optimizer`) and is applied
-    whole, whatever was set before, so that configs run one after another in
+    whole (passes not skipped go back to TensorFlow's default), whatever was
+    set before, so that configs run one after another in
     one process (tests, notebooks) each get their own. It reaches functions
     first called after it.
 
     Raises:
       ConfigError: for a name that is not a skippable pass.
     """
-    value = str(train_config.get("skip_graph_optimizations", "") or "").strip()
+    value = train_config.get("skip_graph_optimizations", "") or ""
+    if not isinstance(value, str):  # A list or tuple of names.
+        value = ",".join(str(name) for name in value)
     skip = {name.strip() for name in value.split(",") if name.strip()}
     off = skip == {"all"}
     unknown = sorted(skip - set(GRAPH_OPTIMIZATIONS)) if not off else []
@@ -82,6 +83,7 @@ def configure_graph_optimizer(train_config):
         raise errors.ConfigError(
             f"train.skip_graph_optimizations={value!r}: unknown {unknown}; use \"\", \"all\" or "
             f"comma-separated names from {', '.join(GRAPH_OPTIMIZATIONS)}.")
-    options = {name: off or name not in skip for name in GRAPH_OPTIMIZATIONS}
-    options["disable_meta_optimizer"] = off
+    # None: TensorFlow's default (every pass on, Grappler on).
+    options = {name: False if name in skip else None for name in GRAPH_OPTIMIZATIONS}
+    options["disable_meta_optimizer"] = True if off else None
     tf.config.optimizer.set_experimental_options(options)

@@ -235,6 +235,7 @@ def search(config, workdir, stages=STAGES):
     if unknown:
         raise errors.ConfigError(f"Unknown stages {unknown}; valid: {list(STAGES)}.")
     _check_config(config)
+    compiled.configure_graph_optimizer(config.train)  # Refuses bad names before the workdir.
     strategy = distribute.make_strategy(config)
     chief = distribute.is_chief(strategy)
     workdir_lib.prepare_workdir(workdir, config, write=chief)

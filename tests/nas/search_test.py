@@ -67,6 +67,14 @@ def test_bad_config_values(tmp_path):
         search.search(config, str(tmp_path / "b"), ["trian"])
 
 
+def test_a_bad_graph_pass_is_refused_before_the_workdir(tmp_path):
+    config = _config()
+    config.train.skip_graph_optimizations = "remaping"
+    with pytest.raises(errors.ConfigError, match="skip_graph_optimizations"):
+        search.search(config, str(tmp_path / "d"), ["train"])
+    assert not (tmp_path / "d").exists()
+
+
 def test_non_finite_loss(tmp_path):
     config = _config("spos")
     config.train.learning_rate = 1e30

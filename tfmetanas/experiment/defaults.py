@@ -178,9 +178,8 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     # each, as many at once as there are cores (docs/performance.md: 1.45x).
     config.train.intra_op_threads = 1
     # Every Grappler pass runs: skipping arithmetic, constant folding, layout and
-    # remapping saves 1-4 s of a first call, but changes the (wrong) value a
-    # compiled second-order gradient through 3x3 max-pooling takes under a
-    # TensorFlow bug (docs/performance.md, "Compile time"), so it is not the default.
+    # remapping saved 1-5 s of a first call, within the spread between runs
+    # (docs/performance.md, "Compile time: no AutoGraph, fewer graph passes").
     return config
 
 
