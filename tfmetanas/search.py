@@ -68,7 +68,6 @@ def _build(config, strategy=None):
         supervised_data.load_class_arrays(config.data, config.train.seed),
         int(config.data.val_per_class), seed=config.train.seed)
     t = config.train
-    compiled.configure_graph_optimizer(t)
     strategy = strategy or tf.distribute.get_strategy()
     # Variables are created under the strategy: FairNAS/SUMNAS split their
     # sub-models over its replicas (meta/sumnas.py explains the choice).
