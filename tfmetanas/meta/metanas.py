@@ -256,12 +256,11 @@ def build_algorithm(config, fmodel, kind):
         batch_seed=learner.batch_seed,
     )
     meta = config.meta
-    meta_learner = algorithms.ALGORITHMS.get(_get(meta, "algorithm", "reptile"))(
-        config, learner, int(config.train.steps)
-    )
+    name = _get(meta, "algorithm", "reptile")
+    meta_learner = algorithms.ALGORITHMS.get(name)(config, learner, int(config.train.steps))
     second_order = bool(_get(meta, "second_order", False))
     model = fmodel.model
-    if (second_order and _get(meta, "algorithm", "reptile") != "reptile"
+    if (second_order and name != "reptile"
             and "max_pool_3x3" in model.primitives and model.max_pool_gradient == "native"):
         raise errors.ConfigError(
             "Second-order meta-gradients through max_pool_3x3 need "

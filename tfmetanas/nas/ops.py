@@ -473,8 +473,8 @@ def subsample_even(x, memo=None):
 MAX_POOL_GRADIENTS = ("native", "argmax")
 
 
-def max_pool_argmax(x, size, stride):
-    """``tf.nn.max_pool2d(x, size, stride, "SAME")`` with its gradient written as a scatter.
+def max_pool_argmax(x, ksize, strides, padding="SAME"):
+    """`tf.nn.max_pool2d` (same arguments) with its gradient written as a scatter.
 
     The backward pass sums the output gradients into the positions of the
     window maxima (`tf.nn.max_pool_with_argmax`, `tf.math.unsorted_segment_sum`),
@@ -489,7 +489,7 @@ def max_pool_argmax(x, size, stride):
 
     @tf.custom_gradient
     def pool(x):
-        y, argmax = tf.nn.max_pool_with_argmax(x, size, stride, "SAME",
+        y, argmax = tf.nn.max_pool_with_argmax(x, ksize, strides, padding,
                                                include_batch_in_index=True)
 
         def grad(dy):
@@ -520,10 +520,8 @@ class Pool(Op):
     def call(self, x, training=False, memo=None, scale=None):
         if self.kind == "avg":
             pool = tf.nn.avg_pool2d
-        elif self.max_pool_gradient == "argmax":
-            pool = lambda x, size, stride, padding: max_pool_argmax(x, size, stride)  # noqa: E731
         else:
-            pool = tf.nn.max_pool2d
+            pool = max_pool_argmax if self.max_pool_gradient == "argmax" else tf.nn.max_pool2d
         key = (self.kind, self.stride, self.max_pool_gradient)
         pooled = _memoized(memo, ("pool",) + key, lambda: pool(x, 3, self.stride, "SAME"))
         if not training:
