@@ -177,9 +177,6 @@ def metanas_config(source, ways, shots, queries, arch_lr, steps=30_000):
     # Many small independent ops (7 per edge, 9 edges per cell): one thread
     # each, as many at once as there are cores (docs/performance.md: 1.45x).
     config.train.intra_op_threads = 1
-    # Every Grappler pass runs: skipping arithmetic, constant folding, layout and
-    # remapping saved 1-5 s of a first call, within the spread between runs
-    # (docs/performance.md, "Compile time: no AutoGraph, fewer graph passes").
     return config
 
 
