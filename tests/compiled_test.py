@@ -1,5 +1,6 @@
 """tfmetanas.compiled: the package's tf.functions trace without AutoGraph."""
 
+import json
 import os
 import pathlib
 import re
@@ -11,6 +12,7 @@ import tensorflow as tf
 from tests.meta import helpers, metanas_test
 from tfmetanas import compiled, errors, memory
 from tfmetanas.experiment import trainer
+from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.experiment.defaults import base_config
 
 
@@ -120,10 +122,6 @@ def test_a_run_from_before_the_new_keys_resumes(tmp_path):
     """Workdirs written before train.skip_graph_optimizations and
     model.darts.max_pool_gradient existed resume (neither changes what a
     checkpoint holds); another changed key is still refused."""
-    import json
-
-    from tfmetanas.experiment import workdir as workdir_lib
-
     config = base_config()
     workdir = str(tmp_path / "run")
     workdir_lib.prepare_workdir(workdir, config)
