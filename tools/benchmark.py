@@ -7,6 +7,7 @@ r"""Milliseconds per meta-iteration, compile time, peak memory and GFLOP/s of a 
   python tools/benchmark.py --all_bench --out=bench.json [--only=metanas]
   python tools/benchmark.py --render=bench.json        # the docs/performance.md table
   python tools/benchmark.py --config=... --profile_dir=DIR  # + op-level profile
+  python tools/benchmark.py --config=configs/miniimagenet/maml_5w1s.py --synthetic_data
 
 Runs the real meta-step of the config (the trainer's step: the meta-learner's
 `replica_step` under one `tf.function`) on a fixed meta-batch of tasks from
@@ -112,6 +113,10 @@ _PROFILE = flags.DEFINE_string(
     "Also trace --profile_steps calls with the "
     "TensorFlow profiler into this folder and print an op breakdown.",
 )
+_SYNTHETIC = flags.DEFINE_boolean(
+    "synthetic_data", None,
+    "Draw tasks from random images of the config's shapes (mini-ImageNet configs, whose data set "
+    "is not here; default: the bench section's bench.synthetic_data, else false).")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 2, "Calls traced by --profile_dir.")
 _SINGLE = flags.DEFINE_string("single", None, "Internal: measure one setting (JSON) in-process.")
 
@@ -422,9 +427,12 @@ def measure(config, setting):
     return result
 
 
-def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batch_size=None):
+def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batch_size=None,
+                 synthetic_data=None):
     """The (jit x order) settings to measure: flags first, then the bench section, then defaults."""
     section = bench_section(config)
+    if synthetic_data is None:
+        synthetic_data = bool(section.get("synthetic_data", False))
     jits = jit or (["false"] if section else ["false", "true"])
     orders = orders or list(section.get("orders", ("config",)))
     for order in orders:
@@ -446,7 +454,7 @@ def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batc
                     "phase": phase,
                     "mode": mode,
                     "meta_batch_size": meta_batch_size,
-                    "synthetic_data": bool(section.get("synthetic_data", False)),
+                    "synthetic_data": bool(synthetic_data),
                 }
             )
     return out
@@ -599,7 +607,8 @@ def main(argv):
     extra = [a for a in _config_args(sys.argv[1:]) if not a.startswith("--config=")]
     results = []
     for setting in settings_for(
-        config, _JIT.value, _ORDER.value, _PHASE.value, _MODE.value, _BATCH.value
+        config, _JIT.value, _ORDER.value, _PHASE.value, _MODE.value, _BATCH.value,
+        _SYNTHETIC.value,
     ):
         result = run_setting(config_path, setting, extra)
         if result is None:

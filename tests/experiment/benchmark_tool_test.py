@@ -1,6 +1,7 @@
 """tools/benchmark.py: the bench configs reproduce issue 9's rows; a run and the table render."""
 
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -67,6 +68,21 @@ def test_bench_config_shapes_match_the_issue(name):
     if "metatest" in name:
         assert int(config.data.shots) == 1
         assert (config.metanas.eval_arch_steps, config.metanas.eval_weight_steps) == (50, 50)
+
+
+def test_synthetic_data_flag_overrides_the_bench_section():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    plain = sibling_config(TOOL, "../configs/miniimagenet/maml_5w1s.py")
+    row = sibling_config(TOOL, "../configs/bench/mamlpp_miniimagenet_5w1s_mb2.py")
+
+    def synthetic(config, flag):
+        settings = tool.settings_for(config, ["false"], ["config"], synthetic_data=flag)
+        return [s["synthetic_data"] for s in settings]
+
+    assert synthetic(plain, None) == [False] and synthetic(plain, True) == [True]
+    assert synthetic(row, None) == [True] and synthetic(row, False) == [False]
 
 
 def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
