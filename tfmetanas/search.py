@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfmetanas import compiled, errors, memory
 from tfmetanas.experiment import distribute
@@ -106,9 +107,19 @@ def train(config, workdir, data, model, trainer, chief=True, save_dir=None):
     evaluator = None
     metrics, start = {}, time.time()
     step = int(trainer.step.numpy())
+    first = step
     while step < int(t.steps):
         images, labels = data.batch(step, int(t.batch_size))
+        step_start = time.time()
         metrics = {k: float(v) for k, v in trainer.train_step(images, labels).items()}
+        if step == first:
+            # This process's first step traces and compiles the training graph:
+            # what a run waits for before steps come at their usual rate.
+            seconds = time.time() - step_start
+            logging.info("First supernet step (tracing, compiling, running): %.1f s.", seconds)
+            if chief:
+                with writers["train"].as_default(step=step + 1):
+                    tf.summary.scalar("train/first_step_seconds", seconds)
         if not np.isfinite(metrics["loss"]):
             # Stop before anything is written: the last checkpoint stays good.
             raise errors.NonFiniteLossError(

@@ -1,5 +1,6 @@
 """End-to-end `search()` (search.py): train 2-3 steps, resume, rank, search."""
 
+import glob
 import importlib.util
 import json
 import os
@@ -39,17 +40,30 @@ def _config(strategy="sumnas"):
     return config
 
 
+def _first_step_seconds(workdir):
+    """Steps at which the workdir's train summaries record a (positive) first-step time."""
+    steps = []
+    for path in sorted(glob.glob(os.path.join(workdir, "train", "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "train/first_step_seconds":
+                    assert float(tf.make_ndarray(value.tensor)) > 0
+                    steps.append(event.step)
+    return sorted(steps)
+
+
 def test_train_resume_rank_search(tmp_path):
     workdir = str(tmp_path / "run")
     config = _config()
     out = search.search(config, workdir, ["train"])
     assert set(out["train"]) >= {"loss", "accuracy"}
     assert workdir_lib.has_checkpoint(workdir)
-    assert os.listdir(os.path.join(workdir, "train"))
+    assert _first_step_seconds(workdir) == [1]
     config.train.steps = 3  # resume: one more step
     search.search(config, workdir, ["train"])
     ckpt = os.path.basename(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
     assert ckpt.endswith("-3")
+    assert _first_step_seconds(workdir) == [1, 3]  # each process's first step
     out = search.search(config, workdir, ["rank", "search"])
     with open(os.path.join(workdir, "search.json")) as f:
         result = json.load(f)
