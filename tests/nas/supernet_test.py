@@ -46,6 +46,22 @@ def test_evaluate_restores_state_and_scores():
         assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["loss"])
     for v, b in zip(model.non_trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
+    # Batches of 4, 4 and 2 images, and two sub-models: one trace of each function.
+    assert evaluator._score.experimental_get_tracing_count() == 1
+    assert evaluator._stats.experimental_get_tracing_count() == 1
+
+
+def test_score_is_the_sub_models_validation_accuracy_and_loss():
+    model, evaluator, _ = _setup()
+    arch = (3, 2, 0, 3, 1, 4)
+    accuracy, loss = evaluator.score(arch)
+    logits = model(tf.constant(evaluator.val_images), training=False,
+                   arch=tf.constant(arch, tf.int32))
+    labels = evaluator.val_labels
+    expected_loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True))
+    np.testing.assert_allclose(loss, float(expected_loss), rtol=1e-5)
+    assert accuracy == np.mean(np.argmax(logits.numpy(), -1) == labels)
 
 
 def test_switch_and_stack_agree():

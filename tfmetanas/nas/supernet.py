@@ -400,7 +400,8 @@ def fixed_arch_train_step(fm, rule):
 class SubmodelEvaluator:
     """Recalibrates BN statistics for a sub-model, then scores it on validation data.
 
-    The two step functions are traced once (arch is a tensor). Recalibration
+    The two step functions are traced once (arch is a tensor, the batch size
+    is left open). Recalibration
     computes, from the current weights, the exact mean of per-batch BN
     statistics over the calibration batches (a cumulative moving average, as in
     SPOS), layer by layer as the recalibrated statistics of earlier layers
@@ -423,8 +424,13 @@ class SubmodelEvaluator:
         self.val_images = np.asarray(val_images, np.float32)
         self.val_labels = np.asarray(val_labels, np.int32)
         self.batch_size = int(batch_size)
-        self._stats = compiled.function(self._batch_stats)
-        self._score = compiled.function(self._batch_score)
+        # Any batch size, one trace each: the last validation batch is usually
+        # smaller, and a second trace of a supernet's forward pass costs seconds.
+        images = tf.TensorSpec([None, *self.val_images.shape[1:]], tf.float32)
+        arch = tf.TensorSpec([model.num_layers], tf.int32)
+        self._stats = compiled.function(self._batch_stats, input_signature=(images, arch))
+        self._score = compiled.function(
+            self._batch_score, input_signature=(images, tf.TensorSpec([None], tf.int32), arch))
 
     def _batch_stats(self, images, arch):
         # From zero statistics a BN layer with momentum m returns (1 - m) *
