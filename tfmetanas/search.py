@@ -20,6 +20,7 @@ Stages (``--stages=train,rank,search``, any subset, in this order):
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -73,6 +74,9 @@ def _build(config, strategy=None):
     # Variables are created under the strategy: FairNAS/SUMNAS split their
     # sub-models over its replicas (meta/sumnas.py explains the choice).
     with strategy.scope():
+        # The supernet's initial weights follow train.seed, as the meta-learners'
+        # networks do (zoo.build_model): the same config trains the same run.
+        keras.utils.set_random_seed(int(t.seed))
         model = SPACES.get(config.model.space)(config, data.num_classes, data.image_shape[-1])
         trainer = sumnas.SupernetTrainer(
             model, t.strategy, learning_rate=t.learning_rate, total_steps=max(int(t.steps), 1),

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -69,6 +70,16 @@ def test_train_resume_rank_search(tmp_path):
         result = json.load(f)
     assert len(result["best_arch"]) == 6 and result["best_macs"] <= 1e9
     assert len(out["rank"]["archs"]) == 3
+
+
+def test_the_supernet_starts_from_the_seeds_weights():
+    config = _config()
+    weights = [[v.numpy() for v in search._build(config)[1].trainable_variables] for _ in range(2)]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+    config.train.seed = 1
+    other = [v.numpy() for v in search._build(config)[1].trainable_variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(weights[0], other))
 
 
 def test_bad_config_values(tmp_path):
