@@ -45,6 +45,34 @@ def test_preprocess_invert_and_identity():
     np.testing.assert_allclose(gray[..., 0] * 255, expected, atol=1.0)
 
 
+def test_stream_to_uint8_matches_the_whole_list_in_order(monkeypatch):
+    rng = np.random.default_rng(2)
+    shapes = [(40, 30, 3), (8, 8, 1), (40, 30, 3), (105, 105, 1), (8, 8, 1)] * 3
+    raw = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in shapes]
+    spec = preprocess.make_spec(12, 10, channels=3)
+    whole = preprocess.preprocess_to_uint8(raw, spec)
+    pulled = []
+
+    def lazily():
+        for image in raw:
+            pulled.append(len(pulled))
+            yield image
+
+    calls, resize = [], preprocess.preprocess_to_uint8
+
+    def recorded(images, spec):
+        calls.append((len(pulled), len(images)))
+        return resize(images, spec)
+
+    monkeypatch.setattr(preprocess, "preprocess_to_uint8", recorded)
+    streamed = preprocess.stream_to_uint8(lazily(), spec, chunk_size=4)
+    np.testing.assert_array_equal(streamed, whole)
+    # Four images decoded, four resized: never more than a chunk held at full size.
+    assert calls == [(4, 4), (8, 4), (12, 4), (15, 3)]
+    empty = preprocess.stream_to_uint8(iter([]), spec)
+    assert empty.shape == (0, 12, 10, 3) and empty.dtype == np.uint8
+
+
 def test_load_image_file_modes_and_corrupt(tmp_path):
     Image.fromarray(np.zeros((5, 7), bool)).save(tmp_path / "bit.png")
     Image.fromarray(np.zeros((5, 7, 4), np.uint8)).save(tmp_path / "rgba.png")

@@ -67,6 +67,16 @@ def test_dir_and_zip_give_same_arrays(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
 
 
+@pytest.mark.parametrize("zipped", [False, True])
+def test_resizing_while_decoding_gives_the_same_arrays(tmp_path, zipped):
+    path = os.path.join(fakes.make_omniglot_tree(tmp_path, zipped=zipped),
+                        "images_evaluation" + (".zip" if zipped else ""))
+    whole = omniglot._read_set(path, 14, chunk_size=10**6)
+    chunked = omniglot._read_set(path, 14, chunk_size=4)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_lake_split_on_fake_tree(tmp_path):
     fakes.make_omniglot_tree(tmp_path)
     train = get_task_source(omniglot_config(tmp_path), "train", 0)

@@ -55,8 +55,8 @@ def _class_files(path):
 def _load_uint8(path, spec):
     """Returns ([uint8 [n_c, H, W, C] per class], class names)."""
     classes = _class_files(path)
-    raw = [preprocess.load_image_file(f) for _, files in classes for f in files]
-    images = preprocess.preprocess_to_uint8(raw, spec)
+    images = preprocess.stream_to_uint8(
+        (preprocess.load_image_file(f) for _, files in classes for f in files), spec)
     out, start = [], 0
     for _, files in classes:
         out.append(images[start : start + len(files)])

@@ -101,8 +101,8 @@ def _read_csv_split(folder, split, spec):
         raise errors.DataError(
             f"{csv_path} must have a header `filename,label` and at least one row. {HELP}"
         )
-    raw = [preprocess.load_image_file(os.path.join(image_dir, r["filename"])) for r in rows]
-    images = preprocess.preprocess_to_uint8(raw, spec)
+    images = preprocess.stream_to_uint8(
+        (preprocess.load_image_file(os.path.join(image_dir, r["filename"])) for r in rows), spec)
     return _to_class_array(images, _group([r["label"] for r in rows]), csv_path)
 
 

@@ -110,14 +110,26 @@ def _list_members(path):
                     yield alphabet, character, fname, full, full
 
 
-def _read_set(path, image_size):
-    """Decodes and preprocesses one Omniglot set (no caching)."""
+def _read_set(path, image_size, chunk_size=1024):
+    """Decodes and preprocesses one Omniglot set (no caching).
+
+    Drawings are resized `chunk_size` at a time as they are decoded
+    (`preprocess.stream_to_uint8`), so the set is never held at its original
+    105x105: about 200 MB for the background set, which was a first run's
+    peak memory.
+    """
     spec = preprocess.make_spec(image_size, channels=1, invert=True)
+    members = []
+
+    def decoded():
+        for alphabet, character, fname, source, name in _list_members(path):
+            members.append(((alphabet, character), fname))
+            yield preprocess.decode_image(source, name)
+
+    small = preprocess.stream_to_uint8(decoded(), spec, chunk_size)
     by_character = {}
-    for alphabet, character, fname, source, name in _list_members(path):
-        by_character.setdefault((alphabet, character), []).append(
-            (fname, preprocess.decode_image(source, name))
-        )
+    for (key, fname), image in zip(members, small):
+        by_character.setdefault(key, []).append((fname, image))
     if not by_character:
         raise errors.DataError(
             f"No Omniglot PNGs (<Alphabet>/characterNN/*.png) found in {path}. "
@@ -132,8 +144,8 @@ def _read_set(path, image_size):
             f"({sorted(counts)}); e.g. {'/'.join(fewest)} has {len(by_character[fewest])}. "
             f"The archive is incomplete; download it again from {DOWNLOAD_URL}."
         )
-    raw = [image for k in keys for _, image in sorted(by_character[k], key=lambda t: t[0])]
-    images = preprocess.preprocess_to_uint8(raw, spec)
+    images = np.stack(
+        [image for k in keys for _, image in sorted(by_character[k], key=lambda t: t[0])])
     images = images.reshape((len(keys), counts.pop()) + images.shape[1:])
     return images, np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
 

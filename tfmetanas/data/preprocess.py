@@ -158,6 +158,27 @@ def preprocess_to_uint8(images, spec, chunk_size=2048):
     return out
 
 
+def stream_to_uint8(images, spec, chunk_size=1024):
+    """`preprocess_to_uint8` of an iterable of uint8 [H, W, C] arrays, in chunks.
+
+    Loaders decode their files lazily into it: only `chunk_size` images are
+    held at their original size at a time, never the whole data set (a few
+    hundred MB for Omniglot's 105x105 drawings, gigabytes for photographs).
+
+    Returns:
+      uint8 array [N, height, width, channels], in the iterable's order.
+    """
+    chunks, pending = [], []
+    for image in images:
+        pending.append(image)
+        if len(pending) >= chunk_size:
+            chunks.append(preprocess_to_uint8(pending, spec))
+            pending = []
+    if pending or not chunks:
+        chunks.append(preprocess_to_uint8(pending, spec))
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
 def decode_image(file_obj, name):
     """Decodes one image file to uint8 [H, W, 1] (gray) or [H, W, 3] (RGB).
 
