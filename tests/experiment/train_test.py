@@ -62,6 +62,20 @@ def test_train_then_evaluate_writes_results(tmp_path):
     assert again["accuracy_mean"] == result["accuracy_mean"]
 
 
+def test_each_new_meta_step_records_its_first_call(tmp_path):
+    # MAML++'s derivative-order annealing: first order for 2 steps, then second.
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(**{"meta.second_order": True, "meta.first_order_until": 2}),
+                  workdir)
+    recorded = {}
+    for name in sorted(os.listdir(os.path.join(workdir, "train"))):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "train", name)):
+            for value in event.summary.value:
+                if value.tag == "train/first_step_seconds":
+                    recorded[event.step] = float(tf.make_ndarray(value.tensor))
+    assert sorted(recorded) == [1, 3] and min(recorded.values()) > 0
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "reptile", "reptile_persistent"])
 def test_resumed_run_equals_uninterrupted(tmp_path, algorithm):
     # Not tf.config.experimental.enable_op_determinism(): it is process-wide and

@@ -254,10 +254,19 @@ def _train(config, workdir, strategy, chief, scratch):
     t0, last_log, last_log_step = time.time(), time.time(), start
     for step in range(start, steps):
         options = tuple(sorted(algorithm.step_options(step).items()))
-        if options not in step_fns:
+        compiles = options not in step_fns
+        if compiles:
             step_fns[options] = make_step(options)
+            began = time.time()
         metrics = step_fns[options](next(iterator), tf.constant(step, tf.int64))
         loss = float(metrics["meta/loss"])
+        if compiles:
+            # A new meta-step (the first, or a phase's: MAML++'s DA, METANAS'
+            # warm-up) is traced and compiled in its first call.
+            seconds = time.time() - began
+            logging.info("Step %d: first call of the meta-step for %s (tracing, compiling, "
+                         "running): %.1f s.", step, dict(options), seconds)
+            _scalars(writers["train"], step + 1, {"train/first_step_seconds": seconds})
         if not math.isfinite(loss):
             raise errors.NonFiniteLossError(
                 f"Non-finite meta-loss {loss} at step {step}. The last good checkpoint in "
