@@ -245,8 +245,9 @@ def _write_synthetic_miniimagenet(config, folder):
 def _synthetic_data(config, folder):
     if config.data.source != "miniimagenet":
         raise _error(
-            f"bench.synthetic_data is implemented for data.source='miniimagenet', got "
-            f"{config.data.source!r}; use the real data set or the glyphs source."
+            f"--synthetic_data (bench.synthetic_data) is implemented for "
+            f"data.source='miniimagenet', got {config.data.source!r}; use the real data set or "
+            "the glyphs source."
         )
     _write_synthetic_miniimagenet(config, folder)
     with config.unlocked():
@@ -367,6 +368,7 @@ def measure(config, setting):
         "phase": phase,
         "order": "second" if second_order else "first",
         "jit_compile": jit,
+        "synthetic_data": bool(setting.get("synthetic_data")),
         "meta_batch_size": batch,
         "inner_steps": int(inner_steps),
         "second_order": second_order,
@@ -433,6 +435,12 @@ def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batc
     section = bench_section(config)
     if synthetic_data is None:
         synthetic_data = bool(section.get("synthetic_data", False))
+    if synthetic_data and config.data.source != "miniimagenet":
+        raise _error(
+            f"--synthetic_data (bench.synthetic_data) draws random mini-ImageNet images, but "
+            f"this config reads data.source={config.data.source!r}; drop the flag (that source "
+            "is available here) or use a mini-ImageNet config."
+        )
     jits = jit or (["false"] if section else ["false", "true"])
     orders = orders or list(section.get("orders", ("config",)))
     for order in orders:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tfmetanas import errors
 from tfmetanas.experiment.defaults import sibling_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,6 +84,9 @@ def test_synthetic_data_flag_overrides_the_bench_section():
 
     assert synthetic(plain, None) == [False] and synthetic(plain, True) == [True]
     assert synthetic(row, None) == [True] and synthetic(row, False) == [False]
+    omniglot = sibling_config(TOOL, "../configs/omniglot/reptile_5w1s.py")
+    with pytest.raises(errors.ConfigError, match="--synthetic_data.*'omniglot'"):
+        synthetic(omniglot, True)
 
 
 def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
