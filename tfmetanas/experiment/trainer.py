@@ -257,15 +257,16 @@ def _train(config, workdir, strategy, chief, scratch):
         compiles = options not in step_fns
         if compiles:
             step_fns[options] = make_step(options)
-            began = time.time()
-        metrics = step_fns[options](next(iterator), tf.constant(step, tf.int64))
+        tasks = next(iterator)
+        began = time.time()
+        metrics = step_fns[options](tasks, tf.constant(step, tf.int64))
         loss = float(metrics["meta/loss"])
         if compiles:
             # A new meta-step (the first, or a phase's: MAML++'s DA, METANAS'
             # warm-up) is traced and compiled in its first call.
             seconds = time.time() - began
             logging.info("Step %d: first call of the meta-step for %s (tracing, compiling, "
-                         "running): %.1f s.", step, dict(options), seconds)
+                         "running): %.1f s.", step + 1, dict(options), seconds)
             _scalars(writers["train"], step + 1, {"train/first_step_seconds": seconds})
         if not math.isfinite(loss):
             raise errors.NonFiniteLossError(
