@@ -1,8 +1,10 @@
 """BN recalibration and sub-model evaluation (supernet.py)."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from tfmetanas import errors
 from tfmetanas.nas import nb201
 from tfmetanas.nas import supernet as sn
 
@@ -10,7 +12,7 @@ from tfmetanas.nas import supernet as sn
 def _setup():
     model = nb201.build_supernet(3, channels=4, cells_per_stage=1, image_size=8)
     rng = np.random.default_rng(0)
-    calib = [rng.normal(size=(16, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    calib = [rng.normal(size=(n, 8, 8, 3)).astype(np.float32) for n in (16, 5)]
     val_x = rng.normal(size=(10, 8, 8, 3)).astype(np.float32)
     val_y = rng.integers(0, 3, 10).astype(np.int32)
     return model, sn.SubmodelEvaluator(model, calib, val_x, val_y, batch_size=4), calib
@@ -46,7 +48,8 @@ def test_evaluate_restores_state_and_scores():
         assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["loss"])
     for v, b in zip(model.non_trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
-    # Batches of 4, 4 and 2 images, and two sub-models: one trace of each function.
+    # Validation batches of 4, 4 and 2 images, calibration batches of 16 and 5, two
+    # sub-models: one trace of each function.
     assert evaluator._score.experimental_get_tracing_count() == 1
     assert evaluator._stats.experimental_get_tracing_count() == 1
 
@@ -62,6 +65,13 @@ def test_score_is_the_sub_models_validation_accuracy_and_loss():
         labels, logits, from_logits=True))
     np.testing.assert_allclose(loss, float(expected_loss), rtol=1e-5)
     assert accuracy == np.mean(np.argmax(logits.numpy(), -1) == labels)
+
+
+def test_calibration_images_of_another_size_are_refused():
+    model, evaluator, calib = _setup()
+    with pytest.raises(errors.DataError, match=r"\(4, 4, 3\).*\(8, 8, 3\)"):
+        sn.SubmodelEvaluator(model, [calib[0][:, :4, :4]], evaluator.val_images,
+                             evaluator.val_labels)
 
 
 def test_switch_and_stack_agree():

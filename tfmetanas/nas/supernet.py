@@ -401,11 +401,11 @@ class SubmodelEvaluator:
     """Recalibrates BN statistics for a sub-model, then scores it on validation data.
 
     The two step functions are traced once (arch is a tensor, the batch size
-    is left open). Recalibration
-    computes, from the current weights, the exact mean of per-batch BN
-    statistics over the calibration batches (a cumulative moving average, as in
-    SPOS), layer by layer as the recalibrated statistics of earlier layers
-    are not needed in training mode. Only non-trainable variables change.
+    is left open). Recalibration computes, from the current weights, the
+    exact mean of per-batch BN statistics over the calibration batches (a
+    cumulative moving average, as in SPOS), layer by layer as the recalibrated
+    statistics of earlier layers are not needed in training mode. Only
+    non-trainable variables change.
 
     Args:
       model: a `Supernet`.
@@ -422,6 +422,12 @@ class SubmodelEvaluator:
         self.fm = params_lib.FunctionalModel(model)
         self.calibration = [tf.convert_to_tensor(b, tf.float32) for b in calibration_batches]
         self.val_images = np.asarray(val_images, np.float32)
+        for batch in self.calibration:
+            if tuple(batch.shape[1:]) != self.val_images.shape[1:]:
+                raise errors.DataError(
+                    f"Calibration images of shape {tuple(batch.shape[1:])} do not match the "
+                    f"validation images' {self.val_images.shape[1:]}: both must come from the "
+                    "same data at the same size.")
         self.val_labels = np.asarray(val_labels, np.int32)
         self.batch_size = int(batch_size)
         # Any batch size, one trace each: the last validation batch is usually
