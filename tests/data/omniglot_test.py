@@ -75,6 +75,16 @@ def test_resizing_while_decoding_gives_the_same_arrays(tmp_path, zipped):
     chunked = omniglot._read_set(path, 14, chunk_size=4)
     for a, b in zip(whole, chunked):
         np.testing.assert_array_equal(a, b)
+    # Independently: every drawing decoded and resized on its own, in sorted order.
+    drawings = {}
+    for alphabet, character, fname, source, name in omniglot._list_members(path):
+        drawings[(alphabet, character, fname)] = preprocess.decode_image(source, name)
+    spec = preprocess.make_spec(14, channels=1, invert=True)
+    expected = np.stack([preprocess.preprocess_to_uint8([drawings[k]], spec)[0]
+                         for k in sorted(drawings)])
+    np.testing.assert_array_equal(chunked[0].reshape(expected.shape), expected)
+    characters = sorted({k[:2] for k in drawings})
+    assert list(zip(chunked[1], chunked[2])) == characters
 
 
 def test_lake_split_on_fake_tree(tmp_path):

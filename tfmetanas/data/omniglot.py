@@ -115,8 +115,8 @@ def _read_set(path, image_size, chunk_size=1024):
 
     Drawings are resized `chunk_size` at a time as they are decoded
     (`preprocess.stream_to_uint8`), so the set is never held at its original
-    105x105: about 200 MB for the background set, which was a first run's
-    peak memory.
+    105x105: about 200 MB for the background set, the bulk of a first run's
+    peak memory before.
     """
     spec = preprocess.make_spec(image_size, channels=1, invert=True)
     members = []

@@ -165,6 +165,12 @@ def stream_to_uint8(images, spec, chunk_size=1024):
     held at their original size at a time, never the whole data set (a few
     hundred MB for Omniglot's 105x105 drawings, gigabytes for photographs).
 
+    Args:
+      images: an iterable (e.g. a generator decoding files) of uint8
+        [H, W, C] arrays, of possibly different sizes.
+      spec: preprocessing spec.
+      chunk_size: images decoded before each `preprocess_to_uint8` call.
+
     Returns:
       uint8 array [N, height, width, channels], in the iterable's order.
     """
