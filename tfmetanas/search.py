@@ -66,6 +66,12 @@ def _check_config(config):
 
 
 def _build(config, strategy=None):
+    """The data, the supernet and its trainer of `config`.
+
+    Seeds Python's, NumPy's and TensorFlow's global random generators with
+    ``train.seed`` (`keras.utils.set_random_seed`) before building the
+    supernet, so its initial weights are the seed's.
+    """
     data = supervised_data.SupervisedArrays(
         supervised_data.load_class_arrays(config.data, config.train.seed),
         int(config.data.val_per_class), seed=config.train.seed)
@@ -125,7 +131,7 @@ def train(config, workdir, data, model, trainer, chief=True, save_dir=None):
                 with writers["train"].as_default(step=step + 1):
                     tf.summary.scalar("train/first_step_seconds", seconds)
         if not np.isfinite(metrics["loss"]):
-            # Stop before anything is written: the last checkpoint stays good.
+            # Stop before a checkpoint is written: the last one stays good.
             raise errors.NonFiniteLossError(
                 f"Non-finite supernet loss {metrics['loss']} at step {step} ({t.strategy}); lower "
                 f"train.learning_rate (now {t.learning_rate}) or train.inner_learning_rate.")
