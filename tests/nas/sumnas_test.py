@@ -92,6 +92,50 @@ def test_spos_updates_only_the_sampled_path():
             assert changed == (arch[layer] == choice), p
 
 
+def test_spos_momentum_and_weight_decay_written_out():
+    # Two steps of the packed outer update against heavy-ball SGD with weight
+    # decay per tensor, candidates off the sampled path left alone (momentum too).
+    model = _toy()
+    lr, mom, wd = 0.1, 0.9, 1e-2
+    trainer = sumnas.SupernetTrainer(model, "spos", learning_rate=lr, momentum=mom,
+                                     weight_decay=wd, total_steps=5)
+    fm = trainer.fm
+    buf = {p: np.zeros(v.shape, np.float32) for p, v in fm.params("weights").items()}
+    for step in range(2):
+        arch = trainer.sample(step)[0]
+        theta = fm.params("weights")
+        _, _, grads, _ = trainer._grads(theta, fm.state(), X, Y, arch)
+        touched = sn.touched_mask(model, list(theta), arch)
+        rate = float(trainer.learning_rate(step))
+        expected = {}
+        for p, v in theta.items():
+            expected[p] = v.numpy()
+            if bool(touched[p]):
+                buf[p] = mom * buf[p] + grads[p].numpy() + wd * v.numpy()
+                expected[p] = v.numpy() - rate * buf[p]
+        trainer.train_step(X, Y)
+        for p, v in fm.params("weights").items():
+            np.testing.assert_allclose(v.numpy(), expected[p], rtol=1e-5, atol=1e-6, err_msg=p)
+    for p, b in trainer.momentum_buffers.items():
+        np.testing.assert_allclose(b.numpy(), buf[p], rtol=1e-5, atol=1e-6, err_msg=p)
+
+
+@pytest.mark.parametrize("strategy", ["spos", "fairnas", "sumnas"])
+def test_loops_carry_packed_vectors_not_one_variable_per_tensor(strategy):
+    model = _toy()
+    trainer = sumnas.SupernetTrainer(model, strategy, learning_rate=0.1, momentum=0.9,
+                                     inner_steps=2, total_steps=5)
+    graph = trainer._train_step.fn.get_concrete_function(
+        tf.constant(X, tf.float32), tf.constant(Y, tf.int32)).graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    loops = [n for n in nodes if n.op in ("While", "StatelessWhile")]
+    assert len(loops) == (2 if strategy == "sumnas" else 1)
+    tensors = len(trainer.fm.params("weights")) + len(trainer.fm.state())
+    assert tensors > 20
+    for loop in loops:  # counter, packed weights/directions, state, metrics, a few captures
+        assert len([i for i in loop.input if not i.startswith("^")]) <= 12, loop.name
+
+
 def test_sumnas_k1_equals_fairnas():
     alpha, beta, wd = 0.05, 1.0, 4e-5
     m1, m2 = _toy(), _toy()

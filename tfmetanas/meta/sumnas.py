@@ -27,7 +27,10 @@ Weights are values: the inner loops run on tensors through `FunctionalModel`
 BN statistics are threaded through the sub-models in order, as in-place
 running statistics would be. Each step is one `tf.function` whose sub-model loop and inner loop are
 `tf.while_loop`s, so graph size and tracing time do not grow with m or k
-(tracing the unrolled SUMNAS step took minutes on a shared CPU); the sampled
+(tracing the unrolled SUMNAS step took minutes on a shared CPU); the loops
+carry the weights, pseudo-gradients, momentum and BN statistics packed into
+one vector each, and the outer update is one SGD update of the packed
+weights (the same numbers as per tensor, with far fewer nodes); the sampled
 architectures are tensors derived from (seed, step) with stateless random
 ops, so it traces once and a resumed run sees the same paths.
 
@@ -179,31 +182,53 @@ class SupernetTrainer:
 
     # ---- one step ---------------------------------------------------------
 
-    def _adapt(self, params, state, images, labels, arch):
-        """SUMNAS inner loop: k SGD steps from `params`; a `tf.while_loop`, so
-        the graph does not grow with k (Reptile is first order)."""
+    def _adapt(self, flat, layout, state, images, labels, arch):
+        """SUMNAS inner loop: k SGD steps from the packed weights `flat`.
+
+        A `tf.while_loop` (the graph does not grow with k; Reptile is first
+        order) that carries the weights and the momentum as one vector each
+        (`params_lib.Packing`, as `inner.TaskLearner` does), not one loop
+        variable per tensor. Returns the loss and accuracy before adaptation,
+        the adapted packed weights and the BN state.
+        """
+        state_layout = params_lib.Packing.if_supported(state)
+        pack_state = state_layout.pack if state_layout else (lambda s: s)
+        unpack_state = state_layout.unpack if state_layout else (lambda s: s)
+        flat_key = rules.FLAT
 
         def body(j, fast, rule_state, state, first):
-            loss, accuracy, grads, state = self._grads(fast, state, images, labels, arch)
-            fast, rule_state = self.inner_rule.apply(j, grads, fast, rule_state)
+            loss, accuracy, grads, state = self._grads(
+                layout.unpack(fast), unpack_state(state), images, labels, arch)
+            new, rule_state = self.inner_rule.apply(
+                j, {flat_key: layout.pack(grads)}, {flat_key: fast}, rule_state)
             # Report the loss before adaptation (inner step 0).
             first = tf.cond(tf.equal(j, 0), lambda: tf.stack([loss, accuracy]), lambda: first)
-            return j + 1, fast, rule_state, state, first
+            return j + 1, new[flat_key], rule_state, pack_state(state), first
 
         _, fast, _, state, first = tf.while_loop(
             lambda j, *_: j < self.inner_steps,
             body,
-            (tf.constant(0), params, self.inner_rule.init(params), state, tf.zeros([2])),
+            (tf.constant(0), flat, self.inner_rule.init({flat_key: flat}), pack_state(state),
+             tf.zeros([2])),
             parallel_iterations=1,
         )
-        return first[0], first[1], fast, state
+        return first[0], first[1], fast, unpack_state(state)
 
     def _step(self, images, labels):
         step = self.step.read_value()
         archs = self.sample(step)
         num_paths = self.model.num_choices if self.strategy != "spos" else 1
         params = self.fm.params("weights")
+        # The weights, their pseudo-gradients and the momentum travel packed
+        # into one vector each: loops of a few variables and one update,
+        # instead of one loop variable and one update per tensor (a MobileNet
+        # supernet has about 2,300).
+        layout = params_lib.Packing(params)
+        flat = layout.pack(params)
         state = self.fm.state()
+        state_layout = params_lib.Packing.if_supported(state)
+        pack_state = state_layout.pack if state_layout else (lambda s: s)
+        unpack_state = state_layout.unpack if state_layout else (lambda s: s)
         # This replica's sub-models: r, r + R, ... (module docstring).
         num_replicas = replicas.num_replicas()
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -213,58 +238,70 @@ class SupernetTrainer:
         # holds one forward/backward, not m); BN statistics are threaded.
         def submodel(i, total, state, metrics):
             arch = archs[i]
+            state = unpack_state(state)
             if self.strategy == "sumnas":
-                loss, accuracy, fast, state = self._adapt(params, state, images, labels, arch)
+                loss, accuracy, fast, state = self._adapt(flat, layout, state, images, labels,
+                                                          arch)
                 # Reptile difference theta - theta_i^(k).
-                direction = {p: params[p] - fast[p] for p in self.paths}
+                direction = flat - fast
             else:
-                loss, accuracy, direction, state = self._grads(params, state, images, labels, arch)
-            total = {p: total[p] + direction[p] for p in self.paths}
-            return i + num_replicas, total, state, metrics + tf.stack([loss, accuracy])
+                # Unpacked inside the loop: the loop captures one vector, not
+                # every weight tensor.
+                loss, accuracy, grads, state = self._grads(layout.unpack(flat), state, images,
+                                                           labels, arch)
+                direction = layout.pack(grads)
+            return (i + num_replicas, total + direction, pack_state(state),
+                    metrics + tf.stack([loss, accuracy]))
 
         _, total, state, metrics = tf.while_loop(
             lambda i, *_: i < num_paths,
             submodel,
-            (first, {p: tf.zeros_like(params[p]) for p in self.paths}, state,
-             tf.zeros([2])),
+            (first, tf.zeros_like(flat), pack_state(state), tf.zeros([2])),
             parallel_iterations=1,
         )
+        state = unpack_state(state)
         if num_replicas > 1:
             ctx = tf.distribute.get_replica_context()
             total, metrics = ctx.all_reduce(tf.distribute.ReduceOp.SUM, (total, metrics))
             state = replicas.all_reduce_mean(state)
         metrics = metrics / float(num_paths)
         if self.strategy == "sumnas" or self.fair_reduction == "mean":
-            meta_grads = {p: g / float(num_paths) for p, g in total.items()}
+            meta_grad = total / float(num_paths)
         else:
-            meta_grads = total
-        rule_state = rules.SGDState(
-            momentum={p: b.read_value() for p, b in self.momentum_buffers.items()})
-        new_params, new_rule_state = self.outer_rule.apply(step, meta_grads, params, rule_state)
+            meta_grad = total
+        flat_key = rules.FLAT
+        momentum = {flat_key: layout.pack({p: b.read_value()
+                                           for p, b in self.momentum_buffers.items()})
+                    } if self.momentum_buffers else {}
+        rule_state = rules.SGDState(momentum=momentum)
+        new, new_rule_state = self.outer_rule.apply(step, {flat_key: meta_grad},
+                                                    {flat_key: flat}, rule_state)
+        new_flat, new_momentum = new[flat_key], new_rule_state.momentum.get(flat_key)
         if self.strategy == "spos":
             # Untouched candidates keep their weights and momentum, as PyTorch
             # SGD skips parameters whose gradient is None. (Fair sampling
             # touches every candidate every step.)
-            touched = sn.touched_mask(self.model, self.paths, archs[0])
-            new_params = {p: tf.where(touched[p], v, params[p]) for p, v in new_params.items()}
-            new_rule_state = rules.SGDState(momentum={
-                p: tf.where(touched[p], v, rule_state.momentum[p])
-                for p, v in new_rule_state.momentum.items()})
+            touched = sn.touched_mask(self.model, layout.paths, archs[0])
+            mask = tf.repeat(tf.stack([touched[p] for p in layout.paths]), layout.sizes)
+            new_flat = tf.where(mask, new_flat, flat)
+            if new_momentum is not None:
+                new_momentum = tf.where(mask, new_momentum, momentum[flat_key])
         # Every replica holds the same values: assigned without another all-reduce.
-        paths = list(new_params)
-        replicas.assign_synced([self.fm.variables_by_path[p] for p in paths],
-                               [new_params[p] for p in paths])
-        momentum = list(self.momentum_buffers)
-        replicas.assign_synced([self.momentum_buffers[p] for p in momentum],
-                               [new_rule_state.momentum[p] for p in momentum])
+        new_params = layout.unpack(new_flat)
+        replicas.assign_synced([self.fm.variables_by_path[p] for p in layout.paths],
+                               [new_params[p] for p in layout.paths])
+        if new_momentum is not None:
+            buffers = layout.unpack(new_momentum)
+            replicas.assign_synced([self.momentum_buffers[p] for p in layout.paths],
+                                   [buffers[p] for p in layout.paths])
         replicas.assign_synced([self.fm.state_variables_by_path[p] for p in state],
                                list(state.values()))
         replicas.assign_synced([self.step], [step + 1])
         return {
             "loss": metrics[0],
             "accuracy": metrics[1],
-            "grad_norm": tf.linalg.global_norm(list(meta_grads.values())),
-            "param_norm": tf.linalg.global_norm(list(new_params.values())),
+            "grad_norm": tf.norm(meta_grad),
+            "param_norm": tf.norm(new_flat),
             "learning_rate": tf.cast(self.learning_rate(step), tf.float32),
         }
 
