@@ -74,6 +74,19 @@ def test_calibration_images_of_another_size_are_refused():
                              evaluator.val_labels)
 
 
+def test_touched_variables_are_the_shared_ones_and_the_chosen_candidates():
+    model, _, _ = _setup()
+    arch = (3, 2, 0, 3, 1, 4)
+    paths = [v.path for v in model.variables]
+    owners = model.candidate_variables()
+    expected = [p not in owners or arch[owners[p][0]] == owners[p][1] for p in paths]
+    assert 0 < sum(expected) < len(paths)
+    vector = sn.touched_vector(model, paths, tf.constant(arch, tf.int32))
+    np.testing.assert_array_equal(vector.numpy(), expected)
+    mask = sn.touched_mask(model, paths, tf.constant(arch, tf.int32))
+    assert [bool(mask[p]) for p in paths] == expected
+
+
 def test_switch_and_stack_agree():
     x = tf.random.normal([4, 8, 8, 3])
     outs = []

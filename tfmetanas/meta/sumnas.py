@@ -281,8 +281,8 @@ class SupernetTrainer:
             # Untouched candidates keep their weights and momentum, as PyTorch
             # SGD skips parameters whose gradient is None. (Fair sampling
             # touches every candidate every step.)
-            touched = sn.touched_mask(self.model, layout.paths, archs[0])
-            mask = tf.repeat(tf.stack([touched[p] for p in layout.paths]), layout.sizes)
+            touched = sn.touched_vector(self.model, layout.paths, archs[0])
+            mask = tf.repeat(touched, layout.sizes)
             new_flat = tf.where(mask, new_flat, flat)
             if new_momentum is not None:
                 new_momentum = tf.where(mask, new_momentum, momentum[flat_key])

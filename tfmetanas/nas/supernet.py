@@ -305,15 +305,20 @@ def touched_mask(supernet, fm_paths, arch):
     Returns:
       ``{path: bool scalar tensor}``.
     """
+    paths = list(fm_paths)
+    if not paths:
+        return {}
+    return dict(zip(paths, tf.unstack(touched_vector(supernet, paths, arch))))
+
+
+def touched_vector(supernet, fm_paths, arch):
+    """`touched_mask` as one bool vector [len(fm_paths)], computed in a few ops
+    (a gather and a comparison), not one comparison per variable."""
     owners = supernet.candidate_variables()
-    out = {}
-    for p in fm_paths:
-        if p in owners:
-            layer, c = owners[p]
-            out[p] = tf.equal(arch[layer], c)
-        else:
-            out[p] = tf.constant(True)
-    return out
+    layers = np.array([owners[p][0] if p in owners else -1 for p in fm_paths], np.int32)
+    choices = np.array([owners[p][1] if p in owners else -1 for p in fm_paths], np.int32)
+    picked = tf.gather(tf.convert_to_tensor(arch, tf.int32), np.maximum(layers, 0))
+    return tf.logical_or(layers < 0, tf.equal(picked, choices))
 
 
 # --------------------------------------------------------------------------
