@@ -82,6 +82,23 @@ def test_the_supernet_starts_from_the_seeds_weights():
     assert any(not np.array_equal(a, b) for a, b in zip(weights[0], other))
 
 
+def test_a_new_process_restores_every_trained_variable(tmp_path):
+    # The rank and search stages (and a resumed run) rebuild the supernet and
+    # restore the checkpoint: every weight and BN statistic must come back.
+    workdir = str(tmp_path / "run")
+    config = _config()
+    data, model, trainer = search._build(config)
+    search.train(config, workdir, data, model, trainer)
+    trained = [v.numpy() for v in model.variables]
+    config.train.seed = 1  # another initialisation, which the restore must overwrite
+    _, fresh, again = search._build(config)
+    assert any(not np.array_equal(v.numpy(), t) for v, t in zip(fresh.variables, trained))
+    search._restore_trained(workdir, again)
+    assert len(fresh.variables) == len(trained) > 20
+    for v, t in zip(fresh.variables, trained):
+        np.testing.assert_array_equal(v.numpy(), t, err_msg=v.path)
+
+
 def test_bad_config_values(tmp_path):
     config = _config()
     config.train.strategy = "darts"

@@ -153,8 +153,16 @@ class SupernetTrainer:
         self._train_step = compiled.step(distributed_step, jit_compile, trim_interval)
 
     def checkpoint_items(self):
-        """Objects to put in a `tf.train.Checkpoint` (model, step, momentum)."""
-        return {"model": self.model, "step": self.step,
+        """Objects to put in a `tf.train.Checkpoint` (model, step, momentum).
+
+        Every variable of the supernet is listed too, by its position in
+        ``model.variables`` (Keras' layer names carry process-wide counters):
+        Keras does not track layers kept in Python lists (the choice layers,
+        the cells) for `tf.train.Checkpoint`, so ``model`` alone saves only a
+        few of them.
+        """
+        every = {f"v{i:05d}": v for i, v in enumerate(self.model.variables)}
+        return {"model": self.model, "step": self.step, "variables": every,
                 "momentum": dict((p.replace("/", "__"), v) for p, v in self.momentum_buffers.items())}
 
     # ---- pieces -----------------------------------------------------------
