@@ -136,6 +136,11 @@ def test_loops_carry_packed_vectors_not_one_variable_per_tensor(strategy):
         assert len([i for i in loop.input if not i.startswith("^")]) <= 12, loop.name
 
 
+def test_segment_ids_of_a_packed_vector():
+    np.testing.assert_array_equal(sumnas._segment_ids([2, 0, 3, 1, 0]), [0, 0, 2, 2, 2, 3])
+    np.testing.assert_array_equal(sumnas._segment_ids([3]), [0, 0, 0])
+
+
 def test_sumnas_k1_equals_fairnas():
     alpha, beta, wd = 0.05, 1.0, 4e-5
     m1, m2 = _toy(), _toy()

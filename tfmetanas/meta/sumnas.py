@@ -53,6 +53,7 @@ is refused on several replicas.
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfmetanas import compiled, errors, memory
@@ -61,6 +62,24 @@ from tfmetanas.models import params as params_lib
 from tfmetanas.nas import supernet as sn
 
 STRATEGIES = ("spos", "fairnas", "sumnas")
+
+
+def _segment_ids(sizes):
+    """int32 [sum(sizes)]: for each element of a packed vector, its tensor's index.
+
+    Computed at run time from the tensors' start offsets (a scatter and a
+    cumulative sum), so neither a constant nor an intermediate grows beyond the
+    vector itself (`tf.repeat` with a list of counts tiles its input to the
+    largest count first: tensors x largest tensor elements).
+    """
+    total = int(np.sum(sizes))
+    starts = np.cumsum(sizes)[:-1]
+    starts = starts[starts < total]  # Empty tensors at the end start nowhere.
+    if not len(starts):
+        return tf.zeros([total], tf.int32)
+    boundaries = tf.scatter_nd(starts[:, None].astype(np.int32),
+                               tf.ones([len(starts)], tf.int32), [total])
+    return tf.cumsum(boundaries)
 
 
 def cosine_schedule(base_lr, total_steps, final_fraction=0.0):
@@ -130,6 +149,10 @@ class SupernetTrainer:
         self.outer_rule = rules.SGD(lr, momentum=momentum, weight_decay=weight_decay)
         self.inner_rule = rules.SGD(inner_learning_rate, momentum=inner_momentum)
         self.paths = self.fm.paths_of("weights")
+        if not params_lib.Packing.supports(self.fm.params("weights")):
+            raise errors.ConfigError(
+                "The supernet trainer packs the weights into one vector: they need one dtype "
+                "and fully known shapes (every supernet here uses float32 weights).")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.momentum_buffers = {}
         if momentum:
@@ -290,7 +313,7 @@ class SupernetTrainer:
             # SGD skips parameters whose gradient is None. (Fair sampling
             # touches every candidate every step.)
             touched = sn.touched_vector(self.model, layout.paths, archs[0])
-            mask = tf.repeat(touched, layout.sizes)
+            mask = tf.gather(touched, _segment_ids(layout.sizes))
             new_flat = tf.where(mask, new_flat, flat)
             if new_momentum is not None:
                 new_momentum = tf.where(mask, new_momentum, momentum[flat_key])

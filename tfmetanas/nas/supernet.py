@@ -317,7 +317,9 @@ def touched_vector(supernet, fm_paths, arch):
     owners = supernet.candidate_variables()
     layers = np.array([owners[p][0] if p in owners else -1 for p in fm_paths], np.int32)
     choices = np.array([owners[p][1] if p in owners else -1 for p in fm_paths], np.int32)
-    picked = tf.gather(tf.convert_to_tensor(arch, tf.int32), np.maximum(layers, 0))
+    if not (layers >= 0).any():
+        return tf.ones([len(layers)], tf.bool)  # Only shared variables.
+    picked = tf.gather(tf.cast(arch, tf.int32), np.maximum(layers, 0))
     return tf.logical_or(layers < 0, tf.equal(picked, choices))
 
 
