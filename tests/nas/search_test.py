@@ -87,9 +87,11 @@ def test_a_new_process_restores_every_trained_variable(tmp_path):
     # restore the checkpoint: every weight and BN statistic must come back.
     workdir = str(tmp_path / "run")
     config = _config()
+    config.train.momentum = 0.9
     data, model, trainer = search._build(config)
     search.train(config, workdir, data, model, trainer)
     trained = [v.numpy() for v in model.variables]
+    momentum = [v.numpy() for v in trainer.momentum_buffers.values()]
     config.train.seed = 1  # another initialisation, which the restore must overwrite
     _, fresh, again = search._build(config)
     assert any(not np.array_equal(v.numpy(), t) for v, t in zip(fresh.variables, trained))
@@ -97,6 +99,9 @@ def test_a_new_process_restores_every_trained_variable(tmp_path):
     assert len(fresh.variables) == len(trained) > 20
     for v, t in zip(fresh.variables, trained):
         np.testing.assert_array_equal(v.numpy(), t, err_msg=v.path)
+    assert len(again.momentum_buffers) == len(momentum) and np.any(momentum[0])
+    for v, m in zip(again.momentum_buffers.values(), momentum):
+        np.testing.assert_array_equal(v.numpy(), m)
 
 
 def test_bad_config_values(tmp_path):

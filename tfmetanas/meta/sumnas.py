@@ -185,8 +185,11 @@ class SupernetTrainer:
         few of them.
         """
         every = {f"v{i:05d}": v for i, v in enumerate(self.model.variables)}
+        # Momentum by path (what older checkpoints hold) and by position.
+        buffers = list(self.momentum_buffers.items())
         return {"model": self.model, "step": self.step, "variables": every,
-                "momentum": dict((p.replace("/", "__"), v) for p, v in self.momentum_buffers.items())}
+                "momentum": {p.replace("/", "__"): v for p, v in buffers},
+                "momentum_at": {f"m{i:05d}": v for i, (_, v) in enumerate(buffers)}}
 
     # ---- pieces -----------------------------------------------------------
 
