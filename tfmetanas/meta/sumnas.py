@@ -82,6 +82,15 @@ def _segment_ids(sizes):
     return tf.cumsum(boundaries)
 
 
+def _packing_of(values):
+    """``(pack, unpack)`` of `values`' `params_lib.Packing`, or identities where
+    it cannot be packed (the BN state of a supernet without statistics, say)."""
+    layout = params_lib.Packing.if_supported(values)
+    if layout is None:
+        return (lambda v: v), (lambda v: v)
+    return layout.pack, layout.unpack
+
+
 def cosine_schedule(base_lr, total_steps, final_fraction=0.0):
     """``step -> lr``: cosine decay from `base_lr` to `final_fraction * base_lr`."""
     total = max(int(total_steps), 1)
@@ -225,9 +234,7 @@ class SupernetTrainer:
         variable per tensor. Returns the loss and accuracy before adaptation,
         the adapted packed weights and the BN state.
         """
-        state_layout = params_lib.Packing.if_supported(state)
-        pack_state = state_layout.pack if state_layout else (lambda s: s)
-        unpack_state = state_layout.unpack if state_layout else (lambda s: s)
+        pack_state, unpack_state = _packing_of(state)
         flat_key = rules.FLAT
 
         def body(j, fast, rule_state, state, first):
@@ -260,9 +267,7 @@ class SupernetTrainer:
         layout = params_lib.Packing(params)
         flat = layout.pack(params)
         state = self.fm.state()
-        state_layout = params_lib.Packing.if_supported(state)
-        pack_state = state_layout.pack if state_layout else (lambda s: s)
-        unpack_state = state_layout.unpack if state_layout else (lambda s: s)
+        pack_state, unpack_state = _packing_of(state)
         # This replica's sub-models: r, r + R, ... (module docstring).
         num_replicas = replicas.num_replicas()
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
