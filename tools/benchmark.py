@@ -242,13 +242,17 @@ def _write_synthetic_miniimagenet(config, folder):
             pickle.dump({"image_data": images, "class_dict": class_dict}, f)
 
 
-def _synthetic_data(config, folder):
+def _check_synthetic_source(config):
     if config.data.source != "miniimagenet":
         raise _error(
-            f"--synthetic_data (bench.synthetic_data) is implemented for "
-            f"data.source='miniimagenet', got {config.data.source!r}; use the real data set or "
-            "the glyphs source."
+            f"--synthetic_data (bench.synthetic_data) draws random mini-ImageNet images, but "
+            f"this config reads data.source={config.data.source!r}; drop the flag (that source "
+            "is available here) or use a mini-ImageNet config."
         )
+
+
+def _synthetic_data(config, folder):
+    _check_synthetic_source(config)
     _write_synthetic_miniimagenet(config, folder)
     with config.unlocked():
         config.data.root = folder
@@ -435,12 +439,8 @@ def settings_for(config, jit=None, orders=None, phase=None, mode=None, meta_batc
     section = bench_section(config)
     if synthetic_data is None:
         synthetic_data = bool(section.get("synthetic_data", False))
-    if synthetic_data and config.data.source != "miniimagenet":
-        raise _error(
-            f"--synthetic_data (bench.synthetic_data) draws random mini-ImageNet images, but "
-            f"this config reads data.source={config.data.source!r}; drop the flag (that source "
-            "is available here) or use a mini-ImageNet config."
-        )
+    if synthetic_data:
+        _check_synthetic_source(config)  # Before any child process starts.
     jits = jit or (["false"] if section else ["false", "true"])
     orders = orders or list(section.get("orders", ("config",)))
     for order in orders:
