@@ -28,7 +28,14 @@ setting (`--jit` x `--order`) a fresh subprocess reports:
   right after (best of a few rounds of one `tf.linalg.matmul` of
   `--roofline_size` square matrices per core, run concurrently), and the
   1-minute load average before and after: the project machine is shared, so
-  every number is only as good as its load.
+  every number is only as good as its load;
+- for bench configs, the speedup over the reference figure, and that speedup
+  scaled to the reference machine's roofline (`REFERENCE_ROOFLINE_GFLOPS`; a
+  bound, see `speedup_at_reference_roofline`).
+
+A setting whose subprocess fails is reported (its error output, a "failed"
+result in --out and in the table) and the run ends with exit code 2 after the
+other settings have run.
 
 Benchmark configs (`configs/bench/`, one per row of issue 9's table) carry a
 `bench` section: the row's name, the reference figures, the derivative
@@ -61,6 +68,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The float32 matmul roofline of the machine the reference figures were measured on,
+# through TensorFlow (issue 9: a 2-core AVX2 machine at about 2.45 GHz).
+REFERENCE_ROOFLINE_GFLOPS = 67.0
 BENCH_DIR = os.path.join(ROOT, "configs", "bench")
 ORDERS = ("second", "first", "config")
 PHASES = ("steady", "warmup")
@@ -125,6 +135,21 @@ def _error(message):
     from tfmetanas import errors
 
     return errors.ConfigError(message)
+
+
+def _failures_error(failed):
+    """The error ending a run in which the subprocess of some setting failed."""
+    from tfmetanas import errors
+
+    class BenchmarkFailed(errors.TFMetaNASError):
+        """A setting's subprocess exited with an error or reported no result."""
+
+    listing = "; ".join(f"{r['config']} ({r['order']} order, jit {r.get('jit_compile')})"
+                        for r in failed)
+    return BenchmarkFailed(
+        f"{len(failed)} setting(s) failed, their error output is above: {listing}. The "
+        "settings that ran are in the results (failed ones are marked \"failed\")."
+    )
 
 
 def bench_section(config):
@@ -487,11 +512,14 @@ def run_setting(config_path, setting, extra_args):
         args, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    config = os.path.relpath(os.path.abspath(config_path), ROOT)
     if proc.returncode or not lines:
-        print(f"{config_path} {setting}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return None
+        print(f"{config_path} {setting}: failed (exit code {proc.returncode})\n"
+              f"{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return {"config": config, "order": setting["order"],
+                "jit_compile": setting.get("jit"), "failed": True}
     result = json.loads(lines[-1][len("RESULT ") :])
-    result["config"] = os.path.relpath(os.path.abspath(config_path), ROOT)
+    result["config"] = config
     return result
 
 
@@ -504,8 +532,24 @@ def with_reference(result, section):
     result["reference_ms"] = ref_ms
     result["reference_peak_rss_mb"] = ref_rss
     result["speedup"] = round(ref_ms / result["ms_median"], 2) if ref_ms else None
+    result["speedup_at_reference_roofline"] = speedup_at_reference_roofline(result)
     result["rss_ratio"] = round(result["peak_rss_mb"] / ref_rss, 2) if ref_rss else None
     return result
+
+
+def speedup_at_reference_roofline(result):
+    """The speedup had this machine the reference machine's matmul roofline.
+
+    ``speedup * REFERENCE_ROOFLINE_GFLOPS / roofline``: our time scaled by the
+    ratio of the two rooflines. Like for like if the step's time scales with the
+    matmul roofline (compute-bound steps); pessimistic for memory-bound ones,
+    as memory bandwidth differs less between machines than vector units. None
+    without a speedup or a measured roofline.
+    """
+    speedup, roofline = result.get("speedup"), result.get("roofline_gflops")
+    if not speedup or not roofline:
+        return None
+    return round(speedup * REFERENCE_ROOFLINE_GFLOPS / roofline, 2)
 
 
 def machine():
@@ -534,12 +578,7 @@ def all_bench(only=None):
         section = bench_section(config)
         for setting in settings_for(config, jit=_JIT.value):
             result = run_setting(os.path.relpath(path, ROOT), setting, passthrough)
-            if result is None:
-                result = {
-                    "config": os.path.relpath(path, ROOT),
-                    "order": setting["order"],
-                    "failed": True,
-                }
+            if result.get("failed"):
                 result["row"] = section.get("row", result["config"])
             else:
                 with_reference(result, section)
@@ -548,6 +587,9 @@ def all_bench(only=None):
             if _OUT.value:  # rewritten after every row: a long run leaves partial results
                 with open(_OUT.value, "w") as f:
                     json.dump(doc, f, indent=1)
+    failed = [r for r in doc["results"] if r.get("failed")]
+    if failed:
+        raise _failures_error(failed)
     return doc
 
 
@@ -569,16 +611,18 @@ def load_results(path):
 def render_table(doc):
     """The markdown table of an --all_bench JSON document (docs/performance.md)."""
     lines = [
-        "| reference run | order | reference | ours: median (min-max) | speedup | first call "
+        "| reference run | order | reference | ours: median (min-max) | speedup "
+        f"| speedup at {REFERENCE_ROOFLINE_GFLOPS:.0f} GFLOP/s | first call "
         "| peak RSS: ref / ours | GFLOP per call | GFLOP/s (of roofline) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         if r.get("failed"):
-            lines.append(f"| {r['row']} | {r['order']} | | failed | | | | | | |")
+            lines.append(f"| {r.get('row') or r.get('config')} | {r['order']} | | failed | | | | | | | |")
             continue
         ours = f"{r['ms_median']:,.0f} ({r['ms_min']:,.0f}-{r['ms_max']:,.0f}) ms"
         speedup = _fmt(r.get("speedup"), "**{:.2f}x**")
+        normalised = _fmt(speedup_at_reference_roofline(r), "{:.2f}x")
         rss = f"{_fmt(r.get('reference_peak_rss_mb'))} / {r['peak_rss_mb']:,.0f} MB"
         gflops = "—"
         if r.get("gflops_achieved") is not None:
@@ -589,7 +633,8 @@ def render_table(doc):
         load = f"{r['load_avg_1m_before']:.1f}-{r['load_avg_1m_after']:.1f}"
         lines.append(
             f"| {r['row']} | {r['order']} | {_fmt(r.get('reference_ms'), '{:,.0f} ms')} | {ours} "
-            f"| {speedup} | {r['first_call_s']:.1f} s | {rss} | {_fmt(r.get('gflop'), '{:.1f}')} "
+            f"| {speedup} | {normalised} | {r['first_call_s']:.1f} s | {rss} "
+            f"| {_fmt(r.get('gflop'), '{:.1f}')} "
             f"| {gflops} | {load} |"
         )
     return "\n".join(lines)
@@ -619,16 +664,19 @@ def main(argv):
         _SYNTHETIC.value,
     ):
         result = run_setting(config_path, setting, extra)
-        if result is None:
-            continue
-        if section:
+        if section and not result.get("failed"):
             with_reference(result, section)
+        elif section:
+            result["row"] = section.get("row", result["config"])
         results.append(result)
         print(json.dumps(result), flush=True)
     if _OUT.value:
         with open(_OUT.value, "a") as f:
             for r in results:
                 f.write(json.dumps(r) + "\n")
+    failed = [r for r in results if r.get("failed")]
+    if failed:
+        raise _failures_error(failed)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """tools/benchmark.py: the bench configs reproduce issue 9's rows; a run and the table render."""
 
+import functools
 import glob
 import importlib.util
 import json
@@ -33,6 +34,15 @@ ROWS = {
 
 def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@functools.cache
+def _tool():
+    """tools/benchmark.py as a module, loaded once (it defines absl flags)."""
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def test_every_row_has_a_config():
@@ -72,9 +82,7 @@ def test_bench_config_shapes_match_the_issue(name):
 
 
 def test_synthetic_data_flag_overrides_the_bench_section():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool()
     plain = sibling_config(TOOL, "../configs/miniimagenet/maml_5w1s.py")
     row = sibling_config(TOOL, "../configs/bench/mamlpp_miniimagenet_5w1s_mb2.py")
 
@@ -168,7 +176,7 @@ def test_render_table(tmp_path):
     assert lines[0].startswith("| reference run | order | reference |")
     assert lines[2] == (
         "| MAML++ Omniglot 5-way 1-shot, meta-batch 8 | second | 1,357 ms | 678 (600-700) ms "
-        "| **2.00x** | 9.3 s | 866 / 800 MB | 40.0 | 59.0 (88% of 67) | 1.0-1.2 |"
+        "| **2.00x** | 2.00x | 9.3 s | 866 / 800 MB | 40.0 | 59.0 (88% of 67) | 1.0-1.2 |"
     )
     assert "failed" in lines[3]
 
@@ -180,3 +188,49 @@ def test_render_table(tmp_path):
         check=True, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
     ).stdout
     assert table_2 == table
+
+
+def test_a_failed_setting_is_recorded_and_fails_the_run(tmp_path):
+    """A setting whose subprocess fails ends the run with exit code 2 after the other
+    settings ran; --out holds it marked failed, and the table shows it."""
+    out = tmp_path / "bench.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TOOL,
+            f"--config={os.path.join(ROOT, 'configs', 'sinusoid', 'maml_5shot.py')}",
+            "--config.model.name=no_such_model",  # accepted by the flag, refused in the child
+            "--jit=false",
+            "--order=first,second",
+            "--repeats=1",
+            "--warmup=0",
+            "--flops=false",
+            "--roofline_size=0",
+            f"--out={out}",
+        ],
+        env=_env(),
+        cwd=ROOT,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no_such_model" in proc.stderr  # the child's own error message
+    assert "2 setting(s) failed" in proc.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["order"], r["failed"]) for r in results] == [("first", True), ("second", True)]
+    rendered = subprocess.run(
+        [sys.executable, TOOL, f"--render={out}"], env=_env(), cwd=ROOT, check=True,
+        capture_output=True, text=True, timeout=300,
+    ).stdout
+    assert rendered.count("| failed |") == 2
+
+
+def test_speedup_at_the_reference_roofline_scales_by_the_two_rooflines():
+    tool = _tool()
+    assert tool.REFERENCE_ROOFLINE_GFLOPS == 67.0  # issue 9's machine
+    # Three times faster on a machine with three times the roofline: on par.
+    assert tool.speedup_at_reference_roofline({"speedup": 3.0, "roofline_gflops": 201.0}) == 1.0
+    assert tool.speedup_at_reference_roofline({"speedup": 2.0, "roofline_gflops": 33.5}) == 4.0
+    assert tool.speedup_at_reference_roofline({"speedup": 2.0}) is None
+    assert tool.speedup_at_reference_roofline({"speedup": None, "roofline_gflops": 67.0}) is None
