@@ -71,6 +71,22 @@ def test_stream_to_uint8_matches_the_whole_list_in_order(monkeypatch):
     assert calls == [(4, 4), (8, 4), (12, 4), (15, 3)]
     empty = preprocess.stream_to_uint8(iter([]), spec)
     assert empty.shape == (0, 12, 10, 3) and empty.dtype == np.uint8
+    # With the count known, the chunks fill one preallocated array: same result.
+    pulled.clear()
+    calls.clear()
+
+    def no_concatenate(*args, **kwargs):
+        raise AssertionError("the chunks were concatenated")
+
+    monkeypatch.setattr(np, "concatenate", no_concatenate)
+    counted = preprocess.stream_to_uint8(lazily(), spec, chunk_size=4, count=len(raw))
+    np.testing.assert_array_equal(counted, whole)
+    assert calls == [(4, 4), (8, 4), (12, 4), (15, 3)]
+    empty = preprocess.stream_to_uint8(iter([]), spec, count=0)
+    assert empty.shape == (0, 12, 10, 3) and empty.dtype == np.uint8
+    for wrong in (len(raw) - 1, len(raw) + 1):
+        with pytest.raises(ValueError, match="count="):
+            preprocess.stream_to_uint8(iter(raw), spec, chunk_size=4, count=wrong)
 
 
 def test_load_image_file_modes_and_corrupt(tmp_path):

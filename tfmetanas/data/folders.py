@@ -56,7 +56,8 @@ def _load_uint8(path, spec):
     """Returns ([uint8 [n_c, H, W, C] per class], class names)."""
     classes = _class_files(path)
     images = preprocess.stream_to_uint8(
-        (preprocess.load_image_file(f) for _, files in classes for f in files), spec)
+        (preprocess.load_image_file(f) for _, files in classes for f in files), spec,
+        count=sum(len(files) for _, files in classes))
     out, start = [], 0
     for _, files in classes:
         out.append(images[start : start + len(files)])

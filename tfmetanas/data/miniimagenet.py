@@ -102,7 +102,8 @@ def _read_csv_split(folder, split, spec):
             f"{csv_path} must have a header `filename,label` and at least one row. {HELP}"
         )
     images = preprocess.stream_to_uint8(
-        (preprocess.load_image_file(os.path.join(image_dir, r["filename"])) for r in rows), spec)
+        (preprocess.load_image_file(os.path.join(image_dir, r["filename"])) for r in rows), spec,
+        count=len(rows))
     return _to_class_array(images, _group([r["label"] for r in rows]), csv_path)
 
 

@@ -158,7 +158,7 @@ def preprocess_to_uint8(images, spec, chunk_size=2048):
     return out
 
 
-def stream_to_uint8(images, spec, chunk_size=1024):
+def stream_to_uint8(images, spec, chunk_size=1024, count=None):
     """`preprocess_to_uint8` of an iterable of uint8 [H, W, C] arrays, in chunks.
 
     Loaders decode their files lazily into it: only `chunk_size` images are
@@ -170,19 +170,44 @@ def stream_to_uint8(images, spec, chunk_size=1024):
         [H, W, C] arrays, of possibly different sizes.
       spec: preprocessing spec.
       chunk_size: images decoded before each `preprocess_to_uint8` call.
+      count: the number of images, if known: the result is allocated once
+        and filled chunk by chunk (without it the chunks are concatenated at
+        the end, holding the output twice for a moment).
 
     Returns:
       uint8 array [N, height, width, channels], in the iterable's order.
+
+    Raises:
+      ValueError: `images` yields more or fewer than `count` images.
     """
-    chunks, pending = [], []
+    out, filled, chunks = None, 0, []
+
+    def add(pending):
+        nonlocal out, filled
+        small = preprocess_to_uint8(pending, spec)
+        if count is None:
+            chunks.append(small)
+            return
+        if filled + len(small) > count:
+            raise ValueError(f"stream_to_uint8: more than count={count} images.")
+        if out is None:
+            out = np.empty((count,) + small.shape[1:], small.dtype)
+        out[filled:filled + len(small)] = small
+        filled += len(small)
+
+    pending = []
     for image in images:
         pending.append(image)
         if len(pending) >= chunk_size:
-            chunks.append(preprocess_to_uint8(pending, spec))
+            add(pending)
             pending = []
-    if pending or not chunks:
-        chunks.append(preprocess_to_uint8(pending, spec))
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    if pending or (not chunks and out is None):
+        add(pending)
+    if count is None:
+        return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    if filled != count:
+        raise ValueError(f"stream_to_uint8: {filled} images, expected count={count}.")
+    return out
 
 
 def decode_image(file_obj, name):
