@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.models import layers
 from tfmetanas.models.params import group_of
 from tfmetanas.nas import ops
 
@@ -67,6 +68,32 @@ def test_strided_dilated_depthwise_conv_is_the_conv_of_the_subsampled_input(size
     y = conv(x)
     ref = tf.nn.depthwise_conv2d(x, conv.kernel.value, [1, 1, 1, 1], "SAME", dilations=[2, 2])
     tf.debugging.assert_near(y, ref[:, ::2, ::2, :], atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (2, 9)])
+def test_depthwise_conv_is_tf_nn_depthwise_conv2d_in_fewer_nodes(stride, size):
+    x = tf.random.normal((2, size, size, 3))
+    k = tf.random.normal((3, 3, 3, 1))
+
+    def through(conv):
+        @tf.function(autograph=False)
+        def f(x, k):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                y = conv(x, k)
+                loss = tf.reduce_sum(tf.sin(y))
+            return [y, *tape.gradient(loss, [x, k])]
+        return f
+
+    ours = through(lambda x, k: layers.depthwise_conv(x, k, stride))
+    ref = through(lambda x, k: tf.nn.depthwise_conv2d(x, k, [1, stride, stride, 1], "SAME"))
+    for a, b in zip(ours(x, k), ref(x, k)):
+        tf.debugging.assert_near(a, b, atol=1e-5)
+
+    def nodes(f):
+        return len(f.get_concrete_function(x, k).graph.as_graph_def().node)
+
+    assert nodes(ours) < nodes(ref)
 
 
 @pytest.mark.parametrize("size", [8, 9])

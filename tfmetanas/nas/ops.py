@@ -33,7 +33,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfmetanas.models.layers import normalize_batch
+from tfmetanas.models.layers import depthwise_conv, normalize_batch
 from tfmetanas.models.params import add_param
 from tfmetanas.registry import Registry
 
@@ -296,14 +296,14 @@ class DepthwiseConv(keras.layers.Layer):
             # undilated convolution at stride 1 of the subsampled input, with a
             # quarter of the work and no strided-slice gradient.
             x = subsample_even(x, memo)
-            return tf.nn.depthwise_conv2d(x, self.kernel.value, [1, 1, 1, 1], "SAME")
+            return depthwise_conv(x, self.kernel.value, 1)
         if self.dilation > 1:
             # Atrous depthwise conv needs stride 1 in TF: compute, then subsample.
             y = tf.nn.depthwise_conv2d(
                 x, self.kernel.value, [1, 1, 1, 1], "SAME", dilations=[self.dilation] * 2
             )
             return y[:, ::s, ::s, :]
-        return tf.nn.depthwise_conv2d(x, self.kernel.value, [1, s, s, 1], "SAME")
+        return depthwise_conv(x, self.kernel.value, s)
 
 
 class Dense(keras.layers.Layer):

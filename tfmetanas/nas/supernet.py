@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfmetanas import compiled, errors
 from tfmetanas.models import params as params_lib
+from tfmetanas.models.layers import depthwise_conv
 
 SELECTIONS = ("switch", "stack")
 
@@ -80,7 +81,7 @@ class Conv(Module):
         del training
         strides = (1, self.stride, self.stride, 1)
         if self.depthwise:
-            y = tf.nn.depthwise_conv2d(x, self.kernel, strides, "SAME")
+            y = depthwise_conv(x, self.kernel, self.stride)
         elif self.kernel_size == 1 and self.stride > 1:
             # Exact, and avoids TF 2.21's oneDNN strided-1x1 gradient crash (ops.Conv).
             y = tf.nn.conv2d(x[:, :: self.stride, :: self.stride, :], self.kernel, 1, "SAME")
