@@ -30,8 +30,8 @@ setting (`--jit` x `--order`) a fresh subprocess reports:
   1-minute load average before and after: the project machine is shared, so
   every number is only as good as its load;
 - for bench configs, the speedup over the reference figure, and that speedup
-  scaled to the reference machine's roofline (`REFERENCE_ROOFLINE_GFLOPS`; a
-  bound, see `speedup_at_reference_roofline`).
+  scaled to the reference machine's roofline (`REFERENCE_ROOFLINE_GFLOPS`; an
+  estimate, see `speedup_at_reference_roofline`).
 
 A setting whose subprocess fails is reported (its error output, a "failed"
 result in --out and in the table) and the run ends with exit code 2 after the
@@ -541,10 +541,11 @@ def speedup_at_reference_roofline(result):
     """The speedup had this machine the reference machine's matmul roofline.
 
     ``speedup * REFERENCE_ROOFLINE_GFLOPS / roofline``: our time scaled by the
-    ratio of the two rooflines. Like for like if the step's time scales with the
-    matmul roofline (compute-bound steps); pessimistic for memory-bound ones,
-    as memory bandwidth differs less between machines than vector units. None
-    without a speedup or a measured roofline.
+    ratio of the two rooflines, with the roofline this row's process measured.
+    An estimate: like for like if the step's time scales with the matmul
+    roofline (compute-bound steps). Memory-bound work scales less, so on a
+    machine whose roofline is above the reference's the estimate is likely
+    pessimistic, below it optimistic. None without a speedup or a roofline.
     """
     speedup, roofline = result.get("speedup"), result.get("roofline_gflops")
     if not speedup or not roofline:
@@ -632,7 +633,8 @@ def render_table(doc):
                 gflops += f"{r['roofline_gflops']:.0f})"
         load = f"{r['load_avg_1m_before']:.1f}-{r['load_avg_1m_after']:.1f}"
         lines.append(
-            f"| {r['row']} | {r['order']} | {_fmt(r.get('reference_ms'), '{:,.0f} ms')} | {ours} "
+            f"| {r.get('row') or r.get('config')} | {r['order']} "
+            f"| {_fmt(r.get('reference_ms'), '{:,.0f} ms')} | {ours} "
             f"| {speedup} | {normalised} | {r['first_call_s']:.1f} s | {rss} "
             f"| {_fmt(r.get('gflop'), '{:.1f}')} "
             f"| {gflops} | {load} |"
