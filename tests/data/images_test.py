@@ -202,6 +202,21 @@ def test_miniimagenet_pickles(tmp_path):
         get_task_source(mini_config(tmp_path, shots=3, queries=3), "val", 0)
 
 
+def test_miniimagenet_class_array_is_a_view_when_rows_come_class_by_class():
+    images = np.random.default_rng(3).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    in_order = {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7], "c": [8, 9, 10, 11]}
+    array, names = miniimagenet._to_class_array(images, in_order, "test")
+    assert names == ["a", "b", "c"] and array.shape == (3, 4, 4, 4, 3)
+    assert np.shares_memory(array, images)  # No copy of the split.
+    np.testing.assert_array_equal(array, np.stack([images[v] for v in in_order.values()]))
+    mixed = {"a": [5, 0, 9, 3], "b": [1, 11, 6, 2], "c": [4, 8, 7, 10]}
+    array, _ = miniimagenet._to_class_array(images, mixed, "test")
+    assert not np.shares_memory(array, images)
+    np.testing.assert_array_equal(array, np.stack([images[v] for v in mixed.values()]))
+    with pytest.raises(errors.DataError, match="different image counts"):
+        miniimagenet._to_class_array(images, {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7]}, "test")
+
+
 def test_miniimagenet_missing_and_corrupt(tmp_path):
     with pytest.raises(errors.DataError, match="mini-imagenet-cache-train.pkl"):
         get_task_source(mini_config(tmp_path), "train", 0)

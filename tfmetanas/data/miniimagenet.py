@@ -63,7 +63,16 @@ def _to_class_array(images, groups, where):
             f"(class {smallest!r} has {len(groups[smallest])}); every class should have "
             f"600 images. {HELP}"
         )
-    return np.stack([images[np.asarray(v)] for v in groups.values()]), list(groups)
+    indices = [np.asarray(v, np.int64) for v in groups.values()]
+    per_class = counts.pop()
+    order = np.concatenate(indices) if indices else np.zeros([0], np.int64)
+    if np.array_equal(order, np.arange(len(images))):
+        # Rows listed class by class (the usual files): a view, no copy.
+        return images.reshape((len(indices), per_class) + images.shape[1:]), list(groups)
+    out = np.empty((len(indices), per_class) + images.shape[1:], images.dtype)
+    for i, rows in enumerate(indices):  # One class copied at a time, not all then stacked.
+        out[i] = images[rows]
+    return out, list(groups)
 
 
 def _load_pickle(path, spec):
