@@ -234,3 +234,23 @@ def test_speedup_at_the_reference_roofline_scales_by_the_two_rooflines():
     assert tool.speedup_at_reference_roofline({"speedup": 2.0, "roofline_gflops": 33.5}) == 4.0
     assert tool.speedup_at_reference_roofline({"speedup": 2.0}) is None
     assert tool.speedup_at_reference_roofline({"speedup": None, "roofline_gflops": 67.0}) is None
+
+
+def test_all_bench_records_failed_rows_and_fails_the_run(tmp_path):
+    """--all_bench: rows whose subprocess fails (here: no data folder) are written with
+    their row name and marked failed, and the run exits with code 2."""
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in _env().items() if k != "TFMETANAS_DATA_DIR"}
+    env["TFMETANAS_CACHE_DIR"] = str(tmp_path / "cache")
+    proc = subprocess.run(
+        [sys.executable, TOOL, "--all_bench", "--only=mamlpp_omniglot_5w1s", "--repeats=1",
+         "--warmup=0", "--flops=false", "--roofline_size=0", f"--out={out}"],
+        env=env, cwd=ROOT, timeout=600, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "TFMETANAS_DATA_DIR" in proc.stderr  # the children's own error message
+    results = json.loads(out.read_text())["results"]
+    assert [(r["row"], r["order"], r["failed"]) for r in results] == [
+        ("MAML++ Omniglot 5-way 1-shot, meta-batch 8", "second", True),
+        ("MAML++ Omniglot 5-way 1-shot, meta-batch 8", "first", True),
+    ]
