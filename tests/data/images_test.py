@@ -215,6 +215,10 @@ def test_miniimagenet_class_array_is_a_view_when_rows_come_class_by_class():
     np.testing.assert_array_equal(array, np.stack([images[v] for v in mixed.values()]))
     with pytest.raises(errors.DataError, match="different image counts"):
         miniimagenet._to_class_array(images, {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7]}, "test")
+    with pytest.raises(errors.DataError, match="non-integer indices"):
+        miniimagenet._to_class_array(images, {"a": [0.0, 1.0], "b": [2.0, 3.0]}, "test")
+    with pytest.raises(errors.DataError, match="no classes"):
+        miniimagenet._to_class_array(images, {}, "test")
 
 
 def test_miniimagenet_missing_and_corrupt(tmp_path):
