@@ -84,6 +84,15 @@ def test_stream_to_uint8_matches_the_whole_list_in_order(monkeypatch):
     assert calls == [(4, 4), (8, 4), (12, 4), (15, 3)]
     empty = preprocess.stream_to_uint8(iter([]), spec, count=0)
     assert empty.shape == (0, 12, 10, 3) and empty.dtype == np.uint8
+    # Large images end a chunk early: each image counts its bytes plus its 12x10x3
+    # float32 output (5,040, 1,504, 5,040, 12,465, 1,504 bytes, repeated), and a
+    # chunk ends once it reaches 10,000 bytes or 4 images.
+    pulled.clear()
+    calls.clear()
+    by_bytes = preprocess.stream_to_uint8(lazily(), spec, chunk_size=4, count=len(raw),
+                                          chunk_bytes=10_000)
+    np.testing.assert_array_equal(by_bytes, whole)
+    assert calls == [(3, 3), (4, 1), (8, 4), (9, 1), (13, 4), (14, 1), (15, 1)]
     for wrong in (len(raw) - 1, len(raw) + 1):
         with pytest.raises(ValueError, match="count="):
             preprocess.stream_to_uint8(iter(raw), spec, chunk_size=4, count=wrong)

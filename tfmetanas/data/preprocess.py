@@ -158,7 +158,7 @@ def preprocess_to_uint8(images, spec, chunk_size=2048):
     return out
 
 
-def stream_to_uint8(images, spec, chunk_size=1024, count=None):
+def stream_to_uint8(images, spec, chunk_size=1024, count=None, chunk_bytes=16 << 20):
     """`preprocess_to_uint8` of an iterable of uint8 [H, W, C] arrays, in chunks.
 
     Loaders decode their files lazily into it: only `chunk_size` images are
@@ -173,6 +173,10 @@ def stream_to_uint8(images, spec, chunk_size=1024, count=None):
       count: the number of images, if known: the result is allocated once
         and filled chunk by chunk (without it the chunks are concatenated at
         the end, holding the output twice for a moment).
+      chunk_bytes: a chunk also ends once its decoded images and their float32
+        preprocessed copies would reach this many bytes, so that large images
+        go in smaller chunks (16 MB: about 150 images of 84x84 RGB; Omniglot's
+        drawings stay at `chunk_size`).
 
     Returns:
       uint8 array [N, height, width, channels], in the iterable's order.
@@ -195,12 +199,14 @@ def stream_to_uint8(images, spec, chunk_size=1024, count=None):
         out[filled:filled + len(small)] = small
         filled += len(small)
 
-    pending = []
+    out_bytes = 4 * spec["height"] * spec["width"] * spec["channels"]  # float32, per image
+    pending, pending_bytes = [], 0
     for image in images:
         pending.append(image)
-        if len(pending) >= chunk_size:
+        pending_bytes += image.nbytes + out_bytes
+        if len(pending) >= chunk_size or pending_bytes >= chunk_bytes:
             add(pending)
-            pending = []
+            pending, pending_bytes = [], 0
     if pending or (not chunks and out is None):
         add(pending)
     if count is None:
