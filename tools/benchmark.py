@@ -524,9 +524,12 @@ def run_setting(config_path, setting, extra_args):
 
 
 def with_reference(result, section):
-    """Adds the row name, the reference figures and ours/reference ratios."""
+    """Adds the row name, the reference figures and ours/reference ratios (a
+    failed setting's result gets the row name only)."""
     reference = section.get("reference", {})
     result["row"] = section.get("row", result["config"])
+    if result.get("failed"):
+        return result
     ref_ms = reference.get(f"{result['order']}_order_ms")
     ref_rss = reference.get("peak_rss_mb")
     result["reference_ms"] = ref_ms
@@ -578,11 +581,8 @@ def all_bench(only=None):
         config = sibling_config(path, os.path.basename(path))
         section = bench_section(config)
         for setting in settings_for(config, jit=_JIT.value):
-            result = run_setting(os.path.relpath(path, ROOT), setting, passthrough)
-            if result.get("failed"):
-                result["row"] = section.get("row", result["config"])
-            else:
-                with_reference(result, section)
+            result = with_reference(
+                run_setting(os.path.relpath(path, ROOT), setting, passthrough), section)
             doc["results"].append(result)
             print(json.dumps(result), flush=True)
             if _OUT.value:  # rewritten after every row: a long run leaves partial results
@@ -666,10 +666,8 @@ def main(argv):
         _SYNTHETIC.value,
     ):
         result = run_setting(config_path, setting, extra)
-        if section and not result.get("failed"):
+        if section:
             with_reference(result, section)
-        elif section:
-            result["row"] = section.get("row", result["config"])
         results.append(result)
         print(json.dumps(result), flush=True)
     if _OUT.value:
