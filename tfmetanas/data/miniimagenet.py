@@ -66,13 +66,12 @@ def _to_class_array(images, groups, where):
             f"600 images. {HELP}"
         )
     indices = [np.asarray(v) for v in groups.values()]
-    bad = [k for k, v in zip(groups, indices)
-           if v.size and not np.issubdtype(v.dtype, np.integer)]
-    if bad:
-        raise errors.DataError(
-            f"mini-ImageNet {where}: class {bad[0]!r} lists images by non-integer indices "
-            f"({indices[list(groups).index(bad[0])].dtype}). {HELP}"
-        )
+    for name, rows in zip(groups, indices):
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise errors.DataError(
+                f"mini-ImageNet {where}: class {name!r} lists images by non-integer indices "
+                f"({rows.dtype}). {HELP}"
+            )
     per_class = counts.pop()
     order = np.concatenate(indices)
     if np.array_equal(order, np.arange(len(images))):
