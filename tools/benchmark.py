@@ -117,6 +117,10 @@ _MALLOC_TRIM = flags.DEFINE_bool(
     "shows what the steps need rather than what the first call left allocated.")
 _RENDER = flags.DEFINE_string(
     "render", None, "Print the markdown table of an --all_bench JSON (or of --out JSON lines).")
+_MEASURED = flags.DEFINE_string(
+    "measured_reference", None,
+    "With --render: JSON lines of reference runs measured on this machine (row, order, "
+    "median_ms, min_ms, max_ms, peak_rss_mb); prints the like-for-like table instead.")
 _PROFILE = flags.DEFINE_string(
     "profile_dir",
     None,
@@ -642,11 +646,69 @@ def render_table(doc):
     return "\n".join(lines)
 
 
+def load_measured_reference(path):
+    """``{(row, order): run}`` from JSON lines of reference runs timed on this machine."""
+    runs = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                run = json.loads(line)
+                key = (run["row"], run["order"])
+                float(run["median_ms"]), float(run["peak_rss_mb"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise _error(f"{path}:{number}: not a reference run ({e!r}); each line needs "
+                             "row, order, median_ms, min_ms, max_ms and peak_rss_mb.") from e
+            if key in runs:
+                raise _error(f"{path}:{number}: a second run of {key}.")
+            runs[key] = run
+    return runs
+
+
+def render_like_for_like(doc, measured):
+    """Markdown table of our rows against the reference code timed on this machine.
+
+    Rows of `doc` (as `render_table`) matched to `measured` by row name and
+    order; the issue's figure is shown beside the one measured here.
+    """
+    lines = [
+        "| reference run | order | reference here: median (min-max) | ours: median (min-max) "
+        "| speedup, same machine | peak RSS: ref here / ours | issue's figure: time, peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        name = r.get("row") or r.get("config")
+        ref = measured.get((name, r["order"]))
+        there = (f"{_fmt(r.get('reference_ms'), '{:,.0f} ms')}, "
+                 f"{_fmt(r.get('reference_peak_rss_mb'), '{:,.0f} MB')}")
+        if r.get("failed"):
+            ours, speedup, ours_rss = "failed", "", "—"
+        else:
+            ours = f"{r['ms_median']:,.0f} ({r['ms_min']:,.0f}-{r['ms_max']:,.0f}) ms"
+            ours_rss = f"{r['peak_rss_mb']:,.0f}"
+            speedup = _fmt(ref and ref["median_ms"] / r["ms_median"], "**{:.2f}x**")
+        if ref is None:
+            here, ref_rss = "not measured", "—"
+        else:
+            here = (f"{ref['median_ms']:,.0f} ({ref['min_ms']:,.0f}-{ref['max_ms']:,.0f}) ms")
+            ref_rss = f"{ref['peak_rss_mb']:,.0f}"
+        lines.append(f"| {name} | {r['order']} | {here} | {ours} | {speedup} "
+                     f"| {ref_rss} / {ours_rss} MB | {there} |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     if _RENDER.value:
-        print(render_table(load_results(_RENDER.value)))
+        doc = load_results(_RENDER.value)
+        if _MEASURED.value:
+            print(render_like_for_like(doc, load_measured_reference(_MEASURED.value)))
+        else:
+            print(render_table(doc))
         return
+    if _MEASURED.value:
+        raise app.UsageError("--measured_reference goes with --render.")
     if _ALL.value:
         all_bench(_ONLY.value)
         return

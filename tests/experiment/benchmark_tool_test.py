@@ -79,6 +79,7 @@ def test_bench_config_shapes_match_the_issue(name):
     if "metatest" in name:
         assert int(config.data.shots) == 1
         assert (config.metanas.eval_arch_steps, config.metanas.eval_weight_steps) == (50, 50)
+        assert int(config.metanas.eval_batch_size) == 10  # the reference's batch_size_test
 
 
 def test_synthetic_data_flag_overrides_the_bench_section():
@@ -188,6 +189,49 @@ def test_render_table(tmp_path):
         check=True, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
     ).stdout
     assert table_2 == table
+
+
+def test_render_against_a_reference_measured_here(tmp_path):
+    """--measured_reference: our rows beside the reference code's runs on this machine,
+    matched by row and order; unmatched rows say so; malformed runs are refused."""
+    row = "MAML++ Omniglot 5-way 1-shot, meta-batch 8"
+    ours = [
+        {"row": row, "order": "second", "reference_ms": 1357.0, "reference_peak_rss_mb": 866.0,
+         "ms_median": 400.0, "ms_min": 390.0, "ms_max": 420.0, "peak_rss_mb": 850.0},
+        {"row": row, "order": "first", "reference_ms": 653.0, "reference_peak_rss_mb": 866.0,
+         "ms_median": 200.0, "ms_min": 190.0, "ms_max": 230.0, "peak_rss_mb": 690.0},
+        {"row": "METANAS ... meta-test", "order": "first", "failed": True},
+    ]
+    results = tmp_path / "ours.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in ours) + "\n")
+    measured = tmp_path / "reference.jsonl"
+    measured.write_text(json.dumps({"row": row, "order": "second", "median_ms": 1000.0,
+                                    "min_ms": 980.0, "max_ms": 1100.0,
+                                    "peak_rss_mb": 1095.0}) + "\n")
+
+    def render(path):
+        return subprocess.run(
+            [sys.executable, TOOL, f"--render={results}", f"--measured_reference={path}"],
+            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    proc = render(measured)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("| reference run | order | reference here")
+    assert lines[2] == (f"| {row} | second | 1,000 (980-1,100) ms | 400 (390-420) ms "
+                        "| **2.50x** | 1,095 / 850 MB | 1,357 ms, 866 MB |")
+    assert lines[3] == (f"| {row} | first | not measured | 200 (190-230) ms | — "
+                        "| — / 690 MB | 653 ms, 866 MB |")
+    assert lines[4].startswith("| METANAS ... meta-test | first | not measured | failed |")
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"row": row, "order": "second", "median_ms": "fast"}) + "\n")
+    proc = render(bad)
+    assert proc.returncode != 0 and "bad.jsonl:1: not a reference run" in proc.stderr
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(measured.read_text() * 2)
+    proc = render(twice)
+    assert proc.returncode != 0 and "a second run of" in proc.stderr
 
 
 def test_a_failed_setting_is_recorded_and_fails_the_run(tmp_path):

@@ -185,6 +185,42 @@ def test_one_loop_meta_test_equals_the_two_phases_run_apart():
                for p, v in second.params.items())
 
 
+def test_meta_test_takes_its_own_batch_size():
+    """`metanas.eval_batch_size` (the reference's `batch_size_test`): a learner
+    training on the whole support set meta-tests on mini-batches of 3, the same
+    numbers as learners built with mini-batches of 3."""
+    fm = tiny_search()
+    rules_ = {"weights": rules.Adam(0.01, beta1=0.5), "arch": rules.Adam(0.05, beta1=0.5)}
+
+    def build(batch_size, eval_batch_size):
+        learner = inner.TaskLearner(fm, rules_, 2, batch_size=batch_size, batch_seed=1,
+                                    forward_kwargs=metanas.TemperatureAnnealing(1.0, 0.1))
+        fixed = inner.TaskLearner(fm, rules_, 2, batch_size=batch_size, batch_seed=1,
+                                  forward_kwargs=metanas.ConstantTemperature(0.1))
+        return metanas.MetaNAS(learner, learners.Reptile(learner, {"weights": 1.0}), fixed,
+                               3, 2, warmup_until=0, t_min=0.1,
+                               eval_batch_size=eval_batch_size)
+
+    task = {k: v[0] for k, v in helpers.random_tasks(batch=1).items()}
+    assert task["support_x"].shape[0] > 3
+    own = build(0, 3).test_adapt(task)
+    reference = build(3, None).test_adapt(task)
+    whole = build(0, None).test_adapt(task)
+    for path, value in reference.params.items():
+        np.testing.assert_allclose(own.params[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(own.support_losses, reference.support_losses, rtol=1e-5)
+    assert not np.allclose(own.support_losses, whole.support_losses, rtol=1e-3)
+    # 0 is the whole support set, as for inner.batch_size.
+    np.testing.assert_allclose(build(3, 0).test_adapt(task).support_losses,
+                               whole.support_losses, rtol=1e-5)
+    with pytest.raises(errors.ConfigError, match="eval_batch_size"):
+        build(0, -2)
+    with pytest.raises(errors.ConfigError, match="batch size must be >= 0"):
+        build(0, None).learner.adapt_phases(
+            task, [inner.Phase(2, ("weights",), metanas.TemperatureAnnealing(1.0, 0.1))],
+            batch_size=-1)
+
+
 def test_adapt_phases_rejects_bad_phases():
     fm = tiny_search()
     learner = tiny_metanas(fm).learner
@@ -302,6 +338,17 @@ def metanas_config(algorithm="reptile"):
     c.train.steps, c.train.eval_every, c.train.progress = 2, 0, False
     c.eval.num_tasks, c.eval.num_val_tasks, c.eval.batch_size = 3, 2, 2
     return c
+
+
+def test_eval_batch_size_from_the_config():
+    fm = tiny_search()
+    config = metanas_config()
+    assert metanas.build_algorithm(config, fm, "classification").eval_batch_size is None
+    config.metanas.eval_batch_size = 10
+    assert metanas.build_algorithm(config, fm, "classification").eval_batch_size == 10
+    config.metanas.eval_batch_size = -3
+    with pytest.raises(errors.ConfigError, match="eval_batch_size"):
+        metanas.build_algorithm(config, fm, "classification")
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "maml"])

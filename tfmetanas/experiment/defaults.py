@@ -106,6 +106,7 @@ def base_config():
     config.metanas.warmup_until = -1  # frozen architecture before this iteration (-1: steps / 2)
     config.metanas.eval_arch_steps = 50  # meta-test: weights + architecture steps
     config.metanas.eval_weight_steps = 50  # ... then weights-only steps
+    config.metanas.eval_batch_size = -1  # ... support examples per step (-1: inner.batch_size)
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 1000  # meta-iterations

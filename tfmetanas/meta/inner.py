@@ -177,7 +177,7 @@ class TaskLearner:
             tf.nest.flatten(self.rule_state_variables), tf.nest.flatten(rule_states)
         )
 
-    def batch_indices(self, support_size, num_steps):
+    def batch_indices(self, support_size, num_steps, batch_size=None):
         """[num_steps, batch_size] support indices of each inner step, or None.
 
         None when every step sees the whole support set. Otherwise epochs of
@@ -185,14 +185,16 @@ class TaskLearner:
         mini-batches (an epoch's leftover joins the next epoch, as in Reptile's
         code); the permutations are fixed by `batch_seed`, which with the
         random label order of every task gives class-mixed batches.
+        `batch_size` None is the learner's own.
         """
-        if not self.batch_size or self.batch_size >= support_size:
+        batch_size = self.batch_size if batch_size is None else int(batch_size)
+        if not batch_size or batch_size >= support_size:
             return None
         rng = np.random.default_rng(self.batch_seed)
-        needed = num_steps * self.batch_size
+        needed = num_steps * batch_size
         epochs = -(-needed // support_size)
         order = np.concatenate([rng.permutation(support_size) for _ in range(epochs)])
-        return tf.constant(order[:needed].reshape(num_steps, self.batch_size), tf.int32)
+        return tf.constant(order[:needed].reshape(num_steps, batch_size), tf.int32)
 
     @property
     def variables(self):
@@ -329,7 +331,8 @@ class TaskLearner:
             rule_states=rule_states if keep_rule_states else None,
         )
 
-    def adapt_phases(self, task, phases, params=None, state=None, queries=None):
+    def adapt_phases(self, task, phases, params=None, state=None, queries=None,
+                     batch_size=None):
         """Adapts to one task in phases, all in one `tf.while_loop` (first order).
 
         Each `Phase` runs its steps on its groups with its own model-call
@@ -348,6 +351,9 @@ class TaskLearner:
             the forward pass once (METANAS: the search network and its
             hard-pruned network). None scores it once with the last phase's
             arguments.
+          batch_size: support examples per step of every phase (None: the
+            learner's `batch_size`; 0: the whole support set). METANAS's
+            meta-test takes its own (the reference's `batch_size_test`).
 
         Returns:
           A `TaskResult` with the support losses of every step and one query
@@ -370,10 +376,13 @@ class TaskLearner:
                     "Queries need at least one entry, all with the same model-call arguments, "
                     f"got {[sorted(q) for q in queries]}."
                 )
-        return self._adapt_while(task, params, state, None, phases, queries=queries)
+        if batch_size is not None and int(batch_size) < 0:
+            raise errors.ConfigError(f"The batch size must be >= 0, got {batch_size}.")
+        return self._adapt_while(task, params, state, None, phases, queries=queries,
+                                 batch_size=batch_size)
 
     def _adapt_while(self, task, params, state, rule_states, phases, keep_rule_states=True,
-                     queries=None):
+                     queries=None, batch_size=None):
         """The inner steps of `phases` in a `tf.while_loop` that carries packed vectors.
 
         The loop carries one vector per parameter group, one for the BN state
@@ -384,7 +393,7 @@ class TaskLearner:
         element-wise rules made packed (one zero vector, not one per tensor).
         """
         support_size = task["support_x"].shape[0]
-        tables = [self.batch_indices(support_size, p.num_steps) for p in phases]
+        tables = [self.batch_indices(support_size, p.num_steps, batch_size) for p in phases]
         batches = None if tables[0] is None else tf.concat(tables, 0)
         starts = np.cumsum([0] + [p.num_steps for p in phases])
         num_steps = int(starts[-1])

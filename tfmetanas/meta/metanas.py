@@ -96,14 +96,24 @@ class MetaNAS(algorithms.Algorithm):
       warmup_until: meta-iterations before which the architecture is frozen.
       t_min: temperature of the weights-only phase and of hard pruning.
       second_order, first_order_until: as `Algorithm`.
+      eval_batch_size: support examples per meta-test step (None: the task
+        learner's `batch_size`; 0: the whole support set). The reference's
+        Omniglot setting takes 10 (its `batch_size_test`), drawn from the 20
+        images of a 20-way 1-shot task.
     """
 
     def __init__(self, learner, meta_learner, fixed_learner, arch_steps, weight_steps,
-                 warmup_until, t_min, second_order=False, first_order_until=0):
+                 warmup_until, t_min, second_order=False, first_order_until=0,
+                 eval_batch_size=None):
         if arch_steps < 1 or weight_steps < 0:
             raise errors.ConfigError(
                 f"metanas.eval_arch_steps must be >= 1 and metanas.eval_weight_steps >= 0, got "
                 f"{arch_steps} and {weight_steps}."
+            )
+        if eval_batch_size is not None and int(eval_batch_size) < 0:
+            raise errors.ConfigError(
+                "metanas.eval_batch_size must be -1 (inner.batch_size), 0 (the whole support "
+                f"set) or positive, got {eval_batch_size}."
             )
         if "arch" not in learner.rules or "weights" not in learner.rules:
             raise errors.ConfigError(
@@ -116,6 +126,7 @@ class MetaNAS(algorithms.Algorithm):
         self.arch_steps, self.weight_steps = int(arch_steps), int(weight_steps)
         self.warmup_until = int(warmup_until)
         self.t_min = float(t_min)
+        self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self.model = learner.fmodel.model
         self.arch_paths = [v.path for v in learner.fmodel.variables("arch")]
 
@@ -157,7 +168,8 @@ class MetaNAS(algorithms.Algorithm):
         unpruned = dict(last.forward_kwargs(last.num_steps - 1, last.num_steps))
         unpruned["hard_prune"] = False
         pruned = {**unpruned, "temperature": self.t_min, "hard_prune": True}
-        return self.learner.adapt_phases(task, phases, queries=[unpruned, pruned])
+        return self.learner.adapt_phases(task, phases, queries=[unpruned, pruned],
+                                         batch_size=self.eval_batch_size)
 
     def record(self, result):
         out = {p: result.params[p] for p in self.arch_paths}
@@ -235,7 +247,9 @@ def build_algorithm(config, fmodel, kind):
 
     Config keys besides the engine's: ``metanas.t_max``/``t_min`` (temperature
     annealing per task), ``metanas.warmup_until`` (meta-iterations with a frozen
-    architecture), ``metanas.eval_arch_steps``/``eval_weight_steps`` (50+50);
+    architecture), ``metanas.eval_arch_steps``/``eval_weight_steps`` (50+50),
+    ``metanas.eval_batch_size`` (support examples per meta-test step; -1:
+    ``inner.batch_size``);
     ``inner.arch`` overrides the inner rule for the architecture (paper: Adam,
     lr 5e-4 on Omniglot and 1e-3 on mini-ImageNet, weight decay 1e-3).
     """
@@ -268,6 +282,7 @@ def build_algorithm(config, fmodel, kind):
             "drops second-order terms in compiled graphs (docs/performance.md, \"A "
             "TensorFlow bug\"). Set it, or meta.second_order=False."
         )
+    eval_batch_size = int(_get(section, "eval_batch_size", -1))
     warmup = _get(section, "warmup_until", -1)
     if warmup is None or int(warmup) < 0:
         warmup = int(config.train.steps) // 2  # The paper: the first half of meta-training.
@@ -281,4 +296,5 @@ def build_algorithm(config, fmodel, kind):
         t_min=t_min,
         second_order=second_order,
         first_order_until=int(_get(meta, "first_order_until", 0)),
+        eval_batch_size=None if eval_batch_size == -1 else eval_batch_size,
     )
