@@ -217,6 +217,16 @@ class PhasePeakRss:
         return False
 
 
+def _commit():
+    """The checked-out commit of this repository (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def load_average():
     return round(os.getloadavg()[0], 2)
 
@@ -404,6 +414,12 @@ def measure(config, setting):
         "synthetic_data": bool(setting.get("synthetic_data")),
         "meta_batch_size": batch,
         "inner_steps": int(inner_steps),
+        # Support examples per inner step (0: all), and per meta-test step for METANAS
+        # (metanas.eval_batch_size, -1: the inner one).
+        "inner_batch_size": int(config.inner.get("batch_size", 0) or 0),
+        "eval_batch_size": (int(config.metanas.get("eval_batch_size", -1))
+                            if mode == "meta_test" and "metanas" in config else None),
+        "commit": _commit(),
         "second_order": second_order,
         "first_call_s": round(first, 2),
         "trace_s": trace_s,
@@ -656,10 +672,14 @@ def load_measured_reference(path):
             try:
                 run = json.loads(line)
                 key = (run["row"], run["order"])
-                float(run["median_ms"]), float(run["peak_rss_mb"])
+                fields = [run[k] for k in ("median_ms", "min_ms", "max_ms", "peak_rss_mb")]
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                           for v in fields):
+                    raise TypeError(f"not all positive numbers: {fields}")
             except (ValueError, KeyError, TypeError) as e:
                 raise _error(f"{path}:{number}: not a reference run ({e!r}); each line needs "
-                             "row, order, median_ms, min_ms, max_ms and peak_rss_mb.") from e
+                             "row, order, and positive numbers median_ms, min_ms, max_ms and "
+                             "peak_rss_mb.") from e
             if key in runs:
                 raise _error(f"{path}:{number}: a second run of {key}.")
             runs[key] = run
@@ -670,7 +690,8 @@ def render_like_for_like(doc, measured):
     """Markdown table of our rows against the reference code timed on this machine.
 
     Rows of `doc` (as `render_table`) matched to `measured` by row name and
-    order; the issue's figure is shown beside the one measured here.
+    order; the issue's figure is shown beside the one measured here. Measured
+    runs that match no row (a misspelt name) are listed on stderr.
     """
     lines = [
         "| reference run | order | reference here: median (min-max) | ours: median (min-max) "
@@ -695,6 +716,10 @@ def render_like_for_like(doc, measured):
             ref_rss = f"{ref['peak_rss_mb']:,.0f}"
         lines.append(f"| {name} | {r['order']} | {here} | {ours} | {speedup} "
                      f"| {ref_rss} / {ours_rss} MB | {there} |")
+    matched = {(r.get("row") or r.get("config"), r["order"]) for r in doc["results"]}
+    for row, order in sorted(set(measured) - matched):
+        print(f"Measured reference run matching no row of ours: {row!r}, {order} order.",
+              file=sys.stderr)
     return "\n".join(lines)
 
 

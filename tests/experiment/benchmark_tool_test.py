@@ -123,6 +123,9 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     assert result["repeats"] == 2 and result["ms_min"] <= result["ms_median"] <= result["ms_max"]
     assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
     assert result["cpu_ms_per_call"] > 0
+    # What the step ran on: support examples per inner step, no meta-test batch, the code.
+    assert result["inner_batch_size"] == 0 and result["eval_batch_size"] is None
+    assert "commit" in result
     assert 0 < result["setup_rss_mb"] <= result["peak_rss_mb"]
     if os.path.exists("/proc/self/clear_refs"):  # Per-phase peaks (Linux).
         assert 0 < result["first_call_peak_rss_mb"] <= result["peak_rss_mb"]
@@ -207,7 +210,10 @@ def test_render_against_a_reference_measured_here(tmp_path):
     measured = tmp_path / "reference.jsonl"
     measured.write_text(json.dumps({"row": row, "order": "second", "median_ms": 1000.0,
                                     "min_ms": 980.0, "max_ms": 1100.0,
-                                    "peak_rss_mb": 1095.0}) + "\n")
+                                    "peak_rss_mb": 1095.0}) + "\n"
+                        + json.dumps({"row": "MAML++ Omniglot 5-way", "order": "first",
+                                      "median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0,
+                                      "peak_rss_mb": 1.0}) + "\n")
 
     def render(path):
         return subprocess.run(
@@ -223,13 +229,20 @@ def test_render_against_a_reference_measured_here(tmp_path):
     assert lines[3] == (f"| {row} | first | not measured | 200 (190-230) ms | — "
                         "| — / 690 MB | 653 ms, 866 MB |")
     assert lines[4].startswith("| METANAS ... meta-test | first | not measured | failed |")
+    assert "matching no row of ours: 'MAML++ Omniglot 5-way', first order" in proc.stderr
 
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"row": row, "order": "second", "median_ms": "fast"}) + "\n")
-    proc = render(bad)
-    assert proc.returncode != 0 and "bad.jsonl:1: not a reference run" in proc.stderr
+    for name, run in [("bad", {"row": row, "order": "second", "median_ms": "fast"}),
+                      ("no_range", {"row": row, "order": "second", "median_ms": 1.0,
+                                    "peak_rss_mb": 1.0}),
+                      ("text", {"row": row, "order": "second", "median_ms": "1000",
+                                "min_ms": 1, "max_ms": 1, "peak_rss_mb": 1})]:
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(json.dumps(run) + "\n")
+        proc = render(bad)
+        assert proc.returncode != 0 and f"{name}.jsonl:1: not a reference run" in proc.stderr
+
     twice = tmp_path / "twice.jsonl"
-    twice.write_text(measured.read_text() * 2)
+    twice.write_text(measured.read_text().splitlines(keepends=True)[0] * 2)
     proc = render(twice)
     assert proc.returncode != 0 and "a second run of" in proc.stderr
 

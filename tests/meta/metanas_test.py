@@ -213,8 +213,10 @@ def test_meta_test_takes_its_own_batch_size():
     # 0 is the whole support set, as for inner.batch_size.
     np.testing.assert_allclose(build(3, 0).test_adapt(task).support_losses,
                                whole.support_losses, rtol=1e-5)
-    with pytest.raises(errors.ConfigError, match="eval_batch_size"):
-        build(0, -2)
+    assert build(0, -1).eval_batch_size is None  # -1, the config's default: inner.batch_size
+    for bad in (-2, 2.5, "10", True):
+        with pytest.raises(errors.ConfigError, match="eval_batch_size"):
+            build(0, bad)
     with pytest.raises(errors.ConfigError, match="batch size must be >= 0"):
         build(0, None).learner.adapt_phases(
             task, [inner.Phase(2, ("weights",), metanas.TemperatureAnnealing(1.0, 0.1))],
@@ -346,6 +348,8 @@ def test_eval_batch_size_from_the_config():
     assert metanas.build_algorithm(config, fm, "classification").eval_batch_size is None
     config.metanas.eval_batch_size = 10
     assert metanas.build_algorithm(config, fm, "classification").eval_batch_size == 10
+    config.metanas.eval_batch_size = 0  # the whole support set, not "unset"
+    assert metanas.build_algorithm(config, fm, "classification").eval_batch_size == 0
     config.metanas.eval_batch_size = -3
     with pytest.raises(errors.ConfigError, match="eval_batch_size"):
         metanas.build_algorithm(config, fm, "classification")

@@ -96,8 +96,9 @@ class MetaNAS(algorithms.Algorithm):
       warmup_until: meta-iterations before which the architecture is frozen.
       t_min: temperature of the weights-only phase and of hard pruning.
       second_order, first_order_until: as `Algorithm`.
-      eval_batch_size: support examples per meta-test step (None: the task
-        learner's `batch_size`; 0: the whole support set). The reference's
+      eval_batch_size: support examples per meta-test step (None or -1: the
+        task learner's `batch_size`; 0, or at least the support set's size:
+        the whole support set). The reference's
         Omniglot setting takes 10 (its `batch_size_test`), drawn from the 20
         images of a 20-way 1-shot task.
     """
@@ -110,11 +111,15 @@ class MetaNAS(algorithms.Algorithm):
                 f"metanas.eval_arch_steps must be >= 1 and metanas.eval_weight_steps >= 0, got "
                 f"{arch_steps} and {weight_steps}."
             )
-        if eval_batch_size is not None and int(eval_batch_size) < 0:
+        if eval_batch_size is not None and (
+                isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int)
+                or eval_batch_size < -1):
             raise errors.ConfigError(
-                "metanas.eval_batch_size must be -1 (inner.batch_size), 0 (the whole support "
-                f"set) or positive, got {eval_batch_size}."
+                "metanas.eval_batch_size must be an integer: -1 (inner.batch_size), 0 (the "
+                f"whole support set) or positive, got {eval_batch_size!r}."
             )
+        if eval_batch_size == -1:
+            eval_batch_size = None
         if "arch" not in learner.rules or "weights" not in learner.rules:
             raise errors.ConfigError(
                 "METANAS adapts weights and architecture: set inner.groups=('weights', 'arch'), "
@@ -282,7 +287,6 @@ def build_algorithm(config, fmodel, kind):
             "drops second-order terms in compiled graphs (docs/performance.md, \"A "
             "TensorFlow bug\"). Set it, or meta.second_order=False."
         )
-    eval_batch_size = int(_get(section, "eval_batch_size", -1))
     warmup = _get(section, "warmup_until", -1)
     if warmup is None or int(warmup) < 0:
         warmup = int(config.train.steps) // 2  # The paper: the first half of meta-training.
@@ -296,5 +300,5 @@ def build_algorithm(config, fmodel, kind):
         t_min=t_min,
         second_order=second_order,
         first_order_until=int(_get(meta, "first_order_until", 0)),
-        eval_batch_size=None if eval_batch_size == -1 else eval_batch_size,
+        eval_batch_size=_get(section, "eval_batch_size", None),
     )
