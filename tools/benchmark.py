@@ -629,6 +629,15 @@ def load_results(path):
     return doc if "results" in doc else {"results": [doc]}
 
 
+def _row_name(result):
+    return result.get("row") or result.get("config")
+
+
+def _ms_range(median, low, high):
+    """``median (low-high) ms``."""
+    return f"{median:,.0f} ({low:,.0f}-{high:,.0f}) ms"
+
+
 def render_table(doc):
     """The markdown table of an --all_bench JSON document (docs/performance.md)."""
     lines = [
@@ -639,9 +648,9 @@ def render_table(doc):
     ]
     for r in doc["results"]:
         if r.get("failed"):
-            lines.append(f"| {r.get('row') or r.get('config')} | {r['order']} | | failed | | | | | | | |")
+            lines.append(f"| {_row_name(r)} | {r['order']} | | failed | | | | | | | |")
             continue
-        ours = f"{r['ms_median']:,.0f} ({r['ms_min']:,.0f}-{r['ms_max']:,.0f}) ms"
+        ours = _ms_range(r["ms_median"], r["ms_min"], r["ms_max"])
         speedup = _fmt(r.get("speedup"), "**{:.2f}x**")
         normalised = _fmt(speedup_at_reference_roofline(r), "{:.2f}x")
         rss = f"{_fmt(r.get('reference_peak_rss_mb'))} / {r['peak_rss_mb']:,.0f} MB"
@@ -653,7 +662,7 @@ def render_table(doc):
                 gflops += f"{r['roofline_gflops']:.0f})"
         load = f"{r['load_avg_1m_before']:.1f}-{r['load_avg_1m_after']:.1f}"
         lines.append(
-            f"| {r.get('row') or r.get('config')} | {r['order']} "
+            f"| {_row_name(r)} | {r['order']} "
             f"| {_fmt(r.get('reference_ms'), '{:,.0f} ms')} | {ours} "
             f"| {speedup} | {normalised} | {r['first_call_s']:.1f} s | {rss} "
             f"| {_fmt(r.get('gflop'), '{:.1f}')} "
@@ -698,25 +707,26 @@ def render_like_for_like(doc, measured):
         "| speedup, same machine | peak RSS: ref here / ours | issue's figure: time, peak RSS |",
         "|---|---|---|---|---|---|---|",
     ]
+    matched = set()
     for r in doc["results"]:
-        name = r.get("row") or r.get("config")
+        name = _row_name(r)
+        matched.add((name, r["order"]))
         ref = measured.get((name, r["order"]))
         there = (f"{_fmt(r.get('reference_ms'), '{:,.0f} ms')}, "
                  f"{_fmt(r.get('reference_peak_rss_mb'), '{:,.0f} MB')}")
         if r.get("failed"):
             ours, speedup, ours_rss = "failed", "", "—"
         else:
-            ours = f"{r['ms_median']:,.0f} ({r['ms_min']:,.0f}-{r['ms_max']:,.0f}) ms"
+            ours = _ms_range(r["ms_median"], r["ms_min"], r["ms_max"])
             ours_rss = f"{r['peak_rss_mb']:,.0f}"
             speedup = _fmt(ref and ref["median_ms"] / r["ms_median"], "**{:.2f}x**")
         if ref is None:
             here, ref_rss = "not measured", "—"
         else:
-            here = (f"{ref['median_ms']:,.0f} ({ref['min_ms']:,.0f}-{ref['max_ms']:,.0f}) ms")
+            here = _ms_range(ref["median_ms"], ref["min_ms"], ref["max_ms"])
             ref_rss = f"{ref['peak_rss_mb']:,.0f}"
         lines.append(f"| {name} | {r['order']} | {here} | {ours} | {speedup} "
                      f"| {ref_rss} / {ours_rss} MB | {there} |")
-    matched = {(r.get("row") or r.get("config"), r["order"]) for r in doc["results"]}
     for row, order in sorted(set(measured) - matched):
         print(f"Measured reference run matching no row of ours: {row!r}, {order} order.",
               file=sys.stderr)
