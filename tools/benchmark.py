@@ -618,14 +618,24 @@ def _fmt(value, spec="{:,.0f}", missing="—"):
     return missing if value is None else spec.format(value)
 
 
+def _read_text(path, flag):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise _error(f"--{flag}={path}: cannot read it ({e.strerror}).") from e
+
+
 def load_results(path):
     """An --all_bench JSON document, or the JSON lines that --out appends one run at a time."""
-    with open(path) as f:
-        text = f.read()
+    text = _read_text(path, "render")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError:
-        return {"results": [json.loads(line) for line in text.splitlines() if line.strip()]}
+        try:
+            return {"results": [json.loads(line) for line in text.splitlines() if line.strip()]}
+        except json.JSONDecodeError as e:
+            raise _error(f"--render={path}: neither a JSON document nor JSON lines ({e}).") from e
     return doc if "results" in doc else {"results": [doc]}
 
 
@@ -674,24 +684,23 @@ def render_table(doc):
 def load_measured_reference(path):
     """``{(row, order): run}`` from JSON lines of reference runs timed on this machine."""
     runs = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                run = json.loads(line)
-                key = (run["row"], run["order"])
-                fields = [run[k] for k in ("median_ms", "min_ms", "max_ms", "peak_rss_mb")]
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                           for v in fields):
-                    raise TypeError(f"not all positive numbers: {fields}")
-            except (ValueError, KeyError, TypeError) as e:
-                raise _error(f"{path}:{number}: not a reference run ({e!r}); each line needs "
-                             "row, order, and positive numbers median_ms, min_ms, max_ms and "
-                             "peak_rss_mb.") from e
-            if key in runs:
-                raise _error(f"{path}:{number}: a second run of {key}.")
-            runs[key] = run
+    for number, line in enumerate(_read_text(path, "measured_reference").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            run = json.loads(line)
+            key = (run["row"], run["order"])
+            fields = [run[k] for k in ("median_ms", "min_ms", "max_ms", "peak_rss_mb")]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                       for v in fields):
+                raise TypeError(f"not all positive numbers: {fields}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise _error(f"{path}:{number}: not a reference run ({e!r}); each line needs "
+                         "row, order, and positive numbers median_ms, min_ms, max_ms and "
+                         "peak_rss_mb.") from e
+        if key in runs:
+            raise _error(f"{path}:{number}: a second run of {key}.")
+        runs[key] = run
     return runs
 
 

@@ -241,6 +241,14 @@ def test_render_against_a_reference_measured_here(tmp_path):
         proc = render(bad)
         assert proc.returncode != 0 and f"{name}.jsonl:1: not a reference run" in proc.stderr
 
+    proc = render(tmp_path / "missing.jsonl")
+    assert proc.returncode != 0 and "--measured_reference=" in proc.stderr
+    assert "cannot read it" in proc.stderr and "Traceback" not in proc.stderr
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text("{not json\n")
+    proc = subprocess.run([sys.executable, TOOL, f"--render={corrupt}"], env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "neither a JSON document nor JSON lines" in proc.stderr
     twice = tmp_path / "twice.jsonl"
     twice.write_text(measured.read_text().splitlines(keepends=True)[0] * 2)
     proc = render(twice)
