@@ -68,6 +68,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The package measured is the one of this checkout, whose commit the results
+# record, not whichever `tfmetanas` the environment would import (e.g. another
+# checkout installed with `pip install -e`).
+if sys.path[0] != ROOT:
+    sys.path.insert(0, ROOT)
 # The float32 matmul roofline of the machine the reference figures were measured on,
 # through TensorFlow (issue 9: a 2-core AVX2 machine at about 2.45 GHz).
 REFERENCE_ROOFLINE_GFLOPS = 67.0
@@ -218,13 +223,19 @@ class PhasePeakRss:
 
 
 def _commit():
-    """The checked-out commit of this repository (None outside a git checkout)."""
+    """The checked-out commit of this repository, ``+dirty`` when the package or
+    the configs differ from it (None outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                             capture_output=True, text=True, timeout=30)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain", "--", "tfmetanas", "configs"],
+                                 cwd=ROOT, check=True, capture_output=True, text=True,
+                                 timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    if not head:
+        return None
+    return head + ("+dirty" if changes else "")
 
 
 def load_average():
@@ -420,6 +431,7 @@ def measure(config, setting):
         "eval_batch_size": (int(config.metanas.get("eval_batch_size", -1))
                             if mode == "meta_test" and "metanas" in config else None),
         "commit": _commit(),
+        "package": os.path.dirname(sys.modules["tfmetanas"].__file__),
         "second_order": second_order,
         "first_call_s": round(first, 2),
         "trace_s": trace_s,

@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,11 @@ def test_synthetic_data_flag_overrides_the_bench_section():
 
 def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     out = tmp_path / "bench.jsonl"
+    # A `tfmetanas` ahead of the installed one on the path: the tool must measure
+    # the package of its own checkout (whose commit it records), not this one.
+    decoy = tmp_path / "decoy" / "tfmetanas"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
     subprocess.run(
         [
             sys.executable,
@@ -114,7 +120,7 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
             f"--out={out}",
         ],
         check=True,
-        env=_env(),
+        env=dict(_env(), PYTHONPATH=str(decoy.parent)),
         cwd=ROOT,
         timeout=600,
     )
@@ -125,7 +131,8 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     assert result["cpu_ms_per_call"] > 0
     # What the step ran on: support examples per inner step, no meta-test batch, the code.
     assert result["inner_batch_size"] == 0 and result["eval_batch_size"] is None
-    assert "commit" in result
+    assert result["package"] == os.path.join(ROOT, "tfmetanas")
+    assert result["commit"] is None or re.fullmatch(r"[0-9a-f]{4,}(\+dirty)?", result["commit"])
     assert 0 < result["setup_rss_mb"] <= result["peak_rss_mb"]
     if os.path.exists("/proc/self/clear_refs"):  # Per-phase peaks (Linux).
         assert 0 < result["first_call_peak_rss_mb"] <= result["peak_rss_mb"]
