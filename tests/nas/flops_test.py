@@ -34,8 +34,8 @@ def _independent(model, arch, size, channels):
             k = op.inputs[1].shape
             out = op.outputs[0].shape
             macs += out[1] * out[2] * k[0] * k[1] * k[2] * k[3]
-        elif op.type == "MatMul":
-            macs += op.inputs[1].shape[0] * op.inputs[1].shape[1]
+        elif op.type == "MatMul":  # Dense layers, and 1x1 convolutions over the pixels.
+            macs += op.inputs[0].shape[0] * op.inputs[1].shape[0] * op.inputs[1].shape[1]
     return macs, params
 
 

@@ -96,6 +96,65 @@ def test_depthwise_conv_is_tf_nn_depthwise_conv2d_in_fewer_nodes(stride, size):
     assert nodes(ours) < nodes(ref)
 
 
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("cin,cout", [(3, 5), (6, 6)])
+def test_pointwise_conv_is_the_1x1_conv_to_second_order(cin, cout, graph):
+    x = tf.random.normal((2, 5, 7, cin))
+    k = tf.random.normal((1, 1, cin, cout))
+
+    def derivatives(conv):
+        # Output, first derivatives, and the derivatives of a first-derivative
+        # norm (what a second-order meta-gradient takes).
+        def f(x, k):
+            with tf.GradientTape() as outer:
+                outer.watch([x, k])
+                with tf.GradientTape() as inner:
+                    inner.watch([x, k])
+                    y = conv(x, k)
+                    loss = tf.reduce_sum(tf.sin(y))
+                dx, dk = inner.gradient(loss, [x, k])
+                norm = tf.reduce_sum(dx * dx) + tf.reduce_sum(tf.cos(dk))
+            return [y, dx, dk, *outer.gradient(norm, [x, k])]
+        return tf.function(f, autograph=False) if graph else f
+
+    ours = derivatives(layers.pointwise_conv)
+    ref = derivatives(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"))
+    for a, b in zip(ours(x, k), ref(x, k)):
+        assert a.shape == b.shape
+        tf.debugging.assert_near(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_pointwise_conv_with_an_unknown_batch_size():
+    k = tf.random.normal((1, 1, 3, 4))
+    f = tf.function(lambda x: layers.pointwise_conv(x, k), autograph=False,
+                    input_signature=[tf.TensorSpec([None, None, 6, 3])])
+    x = tf.random.normal((2, 5, 6, 3))
+    y = f(x)
+    assert y.shape == (2, 5, 6, 4)
+    assert f.get_concrete_function().structured_outputs.shape.as_list() == [None, None, 6, 4]
+    tf.debugging.assert_near(y, tf.nn.conv2d(x, k, 1, "SAME"), atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_1x1_convs_of_the_ops_and_supernets_are_matrix_products(stride):
+    # ops.Conv and supernet.Conv take the pointwise path (a MatMul, no Conv2D)
+    # and compute the same function as the strided 1x1 convolution.
+    from tfmetanas.nas import supernet
+
+    x = tf.random.normal((2, 8, 8, 3))
+    darts_conv = ops.Conv(4, 1, stride=stride)
+    darts_conv(x)
+    super_conv = supernet.Conv(3, 4, 1, stride)
+    for conv, kernel in [(darts_conv, lambda: darts_conv.kernel.value),
+                         (super_conv, lambda: super_conv.kernel)]:
+        f = tf.function(lambda x, conv=conv: conv(x), autograph=False)
+        y = f(x)
+        ref = tf.nn.conv2d(x, kernel(), stride, "SAME")
+        tf.debugging.assert_near(y, ref, atol=1e-5)
+        ops_in_graph = {n.op for n in f.get_concrete_function(x).graph.as_graph_def().node}
+        assert "MatMul" in ops_in_graph and "Conv2D" not in ops_in_graph
+
+
 @pytest.mark.parametrize("size", [8, 9])
 def test_factorized_reduce_reads_even_and_shifted_pixels(size):
     op = ops.FactorizedReduce(4)

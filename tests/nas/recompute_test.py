@@ -95,7 +95,8 @@ def test_the_backward_pass_runs_the_recomputed_cells_forward_again():
             return tape.gradient(logits, params) if differentiate else logits
 
         graph = run.get_concrete_function(params).graph.as_graph_def()
-        return sum(n.op == "Conv2D" for n in graph.node)
+        # Dense convolutions: Conv2D, and the 1x1 ones as MatMul (layers.pointwise_conv).
+        return sum(n.op in ("Conv2D", "MatMul") for n in graph.node)
 
     # The forward passes are the same; the backward pass adds the first two
     # cells' convolutions once more.

@@ -93,6 +93,27 @@ def depthwise_conv(x, kernel, stride):
         input=x, filter=kernel, strides=[1, stride, stride, 1], padding="SAME")
 
 
+def pointwise_conv(x, kernel):
+    """1x1 'SAME' convolution at stride 1, as one matrix product over the pixels.
+
+    The same function as ``tf.nn.conv2d(x, kernel, 1, "SAME")`` for a
+    ``[1, 1, in, out]`` kernel. With few channels (the DARTS search network's
+    28-112) oneDNN's 1x1 convolution gradients are slower than the two
+    products of `tf.matmul`'s: 20 chained layers forward and backward on
+    20x28x28x28, one thread, 0.92-0.94 against 1.24-1.37 ms per layer
+    (docs/performance.md, "Session 15"). Used by the DARTS operations and the
+    supernets; differentiable to any order.
+    """
+    cin, cout = int(kernel.shape[-2]), int(kernel.shape[-1])
+    y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
+    leading = x.shape[:-1]
+    if leading.is_fully_defined():
+        shape = [*leading.as_list(), cout]
+    else:
+        shape = tf.concat([tf.shape(x)[:-1], [cout]], axis=0)
+    return tf.reshape(y, shape)
+
+
 class MetaBatchNorm(keras.layers.Layer):
     """Batch normalisation with optional per-step statistics and affine weights.
 

@@ -33,7 +33,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfmetanas.models.layers import depthwise_conv, normalize_batch
+from tfmetanas.models.layers import depthwise_conv, normalize_batch, pointwise_conv
 from tfmetanas.models.params import add_param
 from tfmetanas.registry import Registry
 
@@ -265,13 +265,14 @@ class Conv(keras.layers.Layer):
         if self.dilation > 1:
             y = tf.nn.conv2d(x, self.kernel.value, 1, "SAME", dilations=self.dilation)
             return y[:, :: self.stride[0], :: self.stride[1], :]
-        if self.kernel_size == (1, 1) and self.stride != (1, 1):
-            # A strided 1x1 'SAME' convolution reads exactly the subsampled
-            # pixels (no padding), so subsample first: the same function, and it
-            # avoids TF 2.21's oneDNN gradient of strided 1x1 convolutions on
-            # even inputs >= 16 px, which corrupts the heap (docs/metanas.md).
-            return tf.nn.conv2d(x[:, :: self.stride[0], :: self.stride[1], :], self.kernel.value,
-                                1, "SAME")
+        if self.kernel_size == (1, 1):
+            if self.stride != (1, 1):
+                # A strided 1x1 'SAME' convolution reads exactly the subsampled
+                # pixels (no padding), so subsample first: the same function, and it
+                # avoids TF 2.21's oneDNN gradient of strided 1x1 convolutions on
+                # even inputs >= 16 px, which corrupts the heap (docs/metanas.md).
+                x = x[:, :: self.stride[0], :: self.stride[1], :]
+            return pointwise_conv(x, self.kernel.value)
         return tf.nn.conv2d(x, self.kernel.value, [1, *self.stride, 1], "SAME")
 
 

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tfmetanas import compiled, errors
 from tfmetanas.models import params as params_lib
-from tfmetanas.models.layers import depthwise_conv
+from tfmetanas.models.layers import depthwise_conv, pointwise_conv
 
 SELECTIONS = ("switch", "stack")
 
@@ -82,9 +82,11 @@ class Conv(Module):
         strides = (1, self.stride, self.stride, 1)
         if self.depthwise:
             y = depthwise_conv(x, self.kernel, self.stride)
-        elif self.kernel_size == 1 and self.stride > 1:
-            # Exact, and avoids TF 2.21's oneDNN strided-1x1 gradient crash (ops.Conv).
-            y = tf.nn.conv2d(x[:, :: self.stride, :: self.stride, :], self.kernel, 1, "SAME")
+        elif self.kernel_size == 1:
+            # Strided: subsampled first. Exact, and avoids TF 2.21's oneDNN
+            # strided-1x1 gradient crash (ops.Conv).
+            y = pointwise_conv(x[:, :: self.stride, :: self.stride, :] if self.stride > 1 else x,
+                               self.kernel)
         else:
             y = tf.nn.conv2d(x, self.kernel, strides, "SAME")
         if self.bias is not None:
