@@ -68,11 +68,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The package measured is the one of this checkout, whose commit the results
-# record, not whichever `tfmetanas` the environment would import (e.g. another
-# checkout installed with `pip install -e`).
-if sys.path[0] != ROOT:
-    sys.path.insert(0, ROOT)
 # The float32 matmul roofline of the machine the reference figures were measured on,
 # through TensorFlow (issue 9: a 2-core AVX2 machine at about 2.45 GHz).
 REFERENCE_ROOFLINE_GFLOPS = 67.0
@@ -223,14 +218,15 @@ class PhasePeakRss:
 
 
 def _commit():
-    """The checked-out commit of this repository, ``+dirty`` when the package or
-    the configs differ from it (None outside a git checkout)."""
+    """The checked-out commit of this repository, ``+dirty`` when the package, the
+    configs or this tool differ from it (None outside a git checkout)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                               capture_output=True, text=True, timeout=30).stdout.strip()
-        changes = subprocess.run(["git", "status", "--porcelain", "--", "tfmetanas", "configs"],
-                                 cwd=ROOT, check=True, capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
+        changes = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "tfmetanas", "configs",
+             "tools/benchmark.py"],
+            cwd=ROOT, check=True, capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     if not head:
@@ -359,6 +355,7 @@ def measure(config, setting):
     from tfmetanas import graph_flops
     from tfmetanas.experiment import trainer
 
+    commit = _commit()  # Before anything runs: the code measured is the code imported now.
     jit, order = setting["jit"], setting["order"]
     phase, mode = setting["phase"], setting["mode"]
     scratch = tempfile.TemporaryDirectory()
@@ -430,7 +427,7 @@ def measure(config, setting):
         "inner_batch_size": int(config.inner.get("batch_size", 0) or 0),
         "eval_batch_size": (int(config.metanas.get("eval_batch_size", -1))
                             if mode == "meta_test" and "metanas" in config else None),
-        "commit": _commit(),
+        "commit": commit,
         "package": os.path.dirname(sys.modules["tfmetanas"].__file__),
         "second_order": second_order,
         "first_call_s": round(first, 2),
@@ -798,6 +795,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # The package measured is the one of this checkout, whose commit the results
+    # record, not whichever `tfmetanas` the environment would import (e.g. another
+    # checkout installed with `pip install -e`). Every import of it is below.
+    sys.path.insert(0, ROOT)
     from tfmetanas import cli
 
     app.run(cli.app_main(main))

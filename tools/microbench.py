@@ -1,6 +1,6 @@
 r"""Micro-benchmarks behind the design choices of docs/performance.md.
 
-  python tools/microbench.py [--cases=bn,subsample,conv,sepconv] [--calls=20]
+  python tools/microbench.py [--cases=bn,subsample,conv,sepconv,pointwise] [--calls=20] [--threads=1]
 
 Each case times alternative formulations of the same function (forward and
 backward in one `tf.function`, on the shapes of the METANAS Omniglot search
@@ -18,7 +18,15 @@ prints milliseconds per call (median of `--rounds` rounds of `--calls` calls):
 - ``sepconv``: the 5x5 separable convolutions (depthwise, pointwise, twice)
   of three edges reading one state: one chain per edge against one chain on
   the state tiled three times, the pointwise convolutions grouped (three
-  groups, oneDNN's grouped convolution): what merging whole edges would cost.
+  groups, oneDNN's grouped convolution): what merging whole edges would cost;
+- ``pointwise``: chains of 10 1x1 convolutions, `tf.nn.conv2d` (oneDNN's
+  convolution) against `tfmetanas.models.layers.pointwise_conv` (one
+  `MatMul` over the pixels), on the METANAS search network's shapes (20 or 10
+  images, 28-112 channels) and on supernet shapes (NB201 and MobileNet as
+  the CPU configs size them, and MobileNet at the paper's 224 px); ms per layer.
+
+``--threads`` sets TensorFlow's intra- and inter-op threads (0: its default;
+the METANAS configs run one thread per op).
 """
 
 import os
@@ -36,6 +44,7 @@ except ImportError:  # Running from a checkout without `pip install -e .`.
 flags.DEFINE_list("cases", ["bn", "subsample", "conv"], "Cases to run.")
 flags.DEFINE_integer("calls", 20, "Calls per round.")
 flags.DEFINE_integer("rounds", 3, "Rounds (the median is reported).")
+flags.DEFINE_integer("threads", 0, "Intra- and inter-op threads (0: TensorFlow's default).")
 FLAGS = flags.FLAGS
 
 SHAPE = (20, 28, 28, 28)
@@ -193,8 +202,46 @@ def case_sepconv():
               f"max relative difference {_max_difference(run(x, *dw, *pw), base):.1e}")
 
 
+def _chain(conv):
+    """``f(x, *kernels)``: `conv` applied with each kernel in turn."""
+    def apply(x, *kernels):
+        for k in kernels:
+            x = conv(x, k)
+        return x
+    return apply
+
+
+def case_pointwise():
+    import tensorflow as tf
+
+    from tfmetanas.models.layers import pointwise_conv
+
+    layers = 10
+    # (images, pixels, in, out channels): the search network's cells at 28, 14 and
+    # 7 px, its meta-test batch of 10; the CPU-sized supernets (NB201's 1x1 op at
+    # 8 and 32 channels; MobileNet at width 0.25: expansions and its head); and
+    # MobileNet at the paper's size (224 px, width 1: an expansion, the head).
+    for n, size, cin, cout in [(20, 28, 28, 28), (20, 14, 56, 56), (20, 7, 112, 112),
+                               (10, 28, 28, 28), (64, 16, 8, 8), (64, 4, 32, 32),
+                               (64, 16, 8, 48), (64, 4, 40, 240), (64, 1, 80, 320),
+                               (32, 56, 24, 144), (32, 7, 320, 1280)]:
+        x = tf.random.stateless_normal((n, size, size, cin), seed=[1, 2])
+        # Alternating in -> out -> in channels, so that any chain length works.
+        kernels = [tf.random.stateless_normal((1, 1, *((cin, cout) if i % 2 == 0 else
+                                                        (cout, cin))), seed=[i, 5]) * 0.2
+                   for i in range(layers)]
+
+        conv2d = _chain(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"))
+        base = _with_gradients(conv2d)(x, *kernels)
+        for name, fn in [("tf.nn.conv2d", conv2d), ("pointwise_conv", _chain(pointwise_conv))]:
+            run = _with_gradients(fn)
+            ms = time_ms(run, x, *kernels) / layers
+            print(f"  pointwise {n}x{size}x{size}, {cin}->{cout}  {name:<15} {ms:7.3f} ms per layer   "
+                  f"max relative difference {_max_difference(run(x, *kernels), base):.1e}")
+
+
 CASES = {"bn": case_bn, "subsample": case_subsample, "conv": case_conv,
-         "sepconv": case_sepconv}
+         "sepconv": case_sepconv, "pointwise": case_pointwise}
 
 
 def main(argv):
@@ -202,6 +249,11 @@ def main(argv):
     unknown = [c for c in FLAGS.cases if c not in CASES]
     if unknown:
         raise app.UsageError(f"Unknown --cases {unknown}; valid: {', '.join(CASES)}.")
+    if FLAGS.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     for case in FLAGS.cases:
         print(f"{case}:")
         CASES[case]()

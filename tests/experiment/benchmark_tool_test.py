@@ -120,7 +120,8 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
             f"--out={out}",
         ],
         check=True,
-        env=dict(_env(), PYTHONPATH=str(decoy.parent)),
+        env=dict(_env(), PYTHONPATH=os.pathsep.join(
+            filter(None, [str(decoy.parent), os.environ.get("PYTHONPATH")]))),
         cwd=ROOT,
         timeout=600,
     )

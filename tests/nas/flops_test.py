@@ -35,7 +35,10 @@ def _independent(model, arch, size, channels):
             out = op.outputs[0].shape
             macs += out[1] * out[2] * k[0] * k[1] * k[2] * k[3]
         elif op.type == "MatMul":  # Dense layers, and 1x1 convolutions over the pixels.
-            macs += op.inputs[0].shape[0] * op.inputs[1].shape[0] * op.inputs[1].shape[1]
+            a = op.inputs[0].shape
+            inner = a[0] if op.get_attr("transpose_a") else a[1]
+            out = op.outputs[0].shape
+            macs += out[0] * out[1] * inner
     return macs, params
 
 

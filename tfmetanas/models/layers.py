@@ -99,11 +99,14 @@ def pointwise_conv(x, kernel):
     The same function as ``tf.nn.conv2d(x, kernel, 1, "SAME")`` for a
     ``[1, 1, in, out]`` kernel. With few channels (the DARTS search network's
     28-112) oneDNN's 1x1 convolution gradients are slower than the two
-    products of `tf.matmul`'s: 20 chained layers forward and backward on
-    20x28x28x28, one thread, 0.92-0.94 against 1.24-1.37 ms per layer
-    (docs/performance.md, "Session 15"). Used by the DARTS operations and the
-    supernets; differentiable to any order.
+    products of `tf.matmul`'s: forward and backward on 20x28x28x28, one
+    thread, 0.96 against 1.19 ms per layer, and as fast or faster on every
+    supernet shape measured (``python tools/microbench.py --cases=pointwise
+    --threads=1``; docs/performance.md, "Session 15"). Used by the DARTS
+    operations and the supernets; differentiable to any order.
     """
+    if tuple(kernel.shape[:2]) != (1, 1):
+        raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {kernel.shape}.")
     cin, cout = int(kernel.shape[-2]), int(kernel.shape[-1])
     y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
     leading = x.shape[:-1]
