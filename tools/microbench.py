@@ -36,9 +36,8 @@ import time
 
 from absl import app, flags
 
-try:
-    import tfmetanas  # noqa: F401
-except ImportError:  # Running from a checkout without `pip install -e .`.
+if __name__ == "__main__":
+    # This checkout's package, not whichever `tfmetanas` the environment would import.
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 flags.DEFINE_list("cases", ["bn", "subsample", "conv"], "Cases to run.")

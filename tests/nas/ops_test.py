@@ -135,6 +135,15 @@ def test_pointwise_conv_with_an_unknown_batch_size():
     tf.debugging.assert_near(y, tf.nn.conv2d(x, k, 1, "SAME"), atol=1e-5)
 
 
+def test_pointwise_conv_refuses_other_kernels_and_channel_counts():
+    x = tf.zeros((2, 4, 4, 3))
+    for kernel in (tf.zeros((3, 3, 3, 4)), tf.zeros((3, 4))):
+        with pytest.raises(ValueError, match=r"\[1, 1, in, out\] kernel"):
+            layers.pointwise_conv(x, kernel)
+    with pytest.raises(ValueError, match="3 channels, kernel for 5"):
+        layers.pointwise_conv(x, tf.zeros((1, 1, 5, 4)))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_1x1_convs_of_the_ops_and_supernets_are_matrix_products(stride):
     # ops.Conv and supernet.Conv take the pointwise path (a MatMul, no Conv2D)

@@ -105,9 +105,12 @@ def pointwise_conv(x, kernel):
     --threads=1``; docs/performance.md, "Session 15"). Used by the DARTS
     operations and the supernets; differentiable to any order.
     """
-    if tuple(kernel.shape[:2]) != (1, 1):
-        raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {kernel.shape}.")
-    cin, cout = int(kernel.shape[-2]), int(kernel.shape[-1])
+    shape = tf.TensorShape(kernel.shape)  # Keras variables give a tuple.
+    if shape.rank != 4 or tuple(shape[:2]) != (1, 1) or None in shape[2:]:
+        raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {shape}.")
+    cin, cout = int(shape[-2]), int(shape[-1])
+    if x.shape[-1] is not None and x.shape[-1] != cin:
+        raise ValueError(f"pointwise_conv: input with {x.shape[-1]} channels, kernel for {cin}.")
     y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
     leading = x.shape[:-1]
     if leading.is_fully_defined():
