@@ -93,31 +93,43 @@ def depthwise_conv(x, kernel, stride):
         input=x, filter=kernel, strides=[1, stride, stride, 1], padding="SAME")
 
 
-def pointwise_conv(x, kernel):
-    """1x1 'SAME' convolution at stride 1, as one matrix product over the pixels.
+def pointwise_conv(x, kernel, stride=1):
+    """1x1 'SAME' convolution, as one matrix product over the pixels.
 
-    The same function as ``tf.nn.conv2d(x, kernel, 1, "SAME")`` for a
-    ``[1, 1, in, out]`` kernel. With few channels (the DARTS search network's
+    The same function as ``tf.nn.conv2d(x, kernel, stride, "SAME")`` for a
+    ``[1, 1, in, out]`` kernel. A strided one reads exactly the subsampled
+    pixels (no padding), so it subsamples first: this also avoids TF 2.21's
+    oneDNN gradient of strided 1x1 convolutions on even inputs >= 16 px, which
+    corrupts the heap (docs/metanas.md). With few channels (the DARTS search network's
     28-112) oneDNN's 1x1 convolution gradients are slower than the two
     products of `tf.matmul`'s: forward and backward on 20x28x28x28, one
     thread, 0.96 against 1.19 ms per layer, and as fast or faster on every
     supernet shape measured (``python tools/microbench.py --cases=pointwise
     --threads=1``; docs/performance.md, "Session 15"). Used by the DARTS
     operations and the supernets; differentiable to any order.
+
+    Args:
+      x: NHWC activations.
+      kernel: a ``[1, 1, in, out]`` kernel (tensor or variable).
+      stride: an int, or ``(rows, columns)``.
     """
-    shape = tf.TensorShape(kernel.shape)  # Keras variables give a tuple.
-    if shape.rank != 4 or tuple(shape[:2]) != (1, 1) or None in shape[2:]:
-        raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {shape}.")
-    cin, cout = int(shape[-2]), int(shape[-1])
+    kernel_shape = tf.TensorShape(kernel.shape)  # Keras variables give a tuple.
+    if (kernel_shape.rank != 4 or tuple(kernel_shape[:2]) != (1, 1)
+            or None in kernel_shape[2:]):
+        raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {kernel_shape}.")
+    cin, cout = int(kernel_shape[-2]), int(kernel_shape[-1])
     if x.shape[-1] is not None and x.shape[-1] != cin:
         raise ValueError(f"pointwise_conv: input with {x.shape[-1]} channels, kernel for {cin}.")
+    rows, columns = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if (rows, columns) != (1, 1):
+        x = x[:, ::rows, ::columns, :]
     y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
     leading = x.shape[:-1]
     if leading.is_fully_defined():
-        shape = [*leading.as_list(), cout]
+        out_shape = [*leading.as_list(), cout]
     else:
-        shape = tf.concat([tf.shape(x)[:-1], [cout]], axis=0)
-    return tf.reshape(y, shape)
+        out_shape = tf.concat([tf.shape(x)[:-1], [cout]], axis=0)
+    return tf.reshape(y, out_shape)
 
 
 class MetaBatchNorm(keras.layers.Layer):

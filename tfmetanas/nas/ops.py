@@ -266,13 +266,7 @@ class Conv(keras.layers.Layer):
             y = tf.nn.conv2d(x, self.kernel.value, 1, "SAME", dilations=self.dilation)
             return y[:, :: self.stride[0], :: self.stride[1], :]
         if self.kernel_size == (1, 1):
-            if self.stride != (1, 1):
-                # A strided 1x1 'SAME' convolution reads exactly the subsampled
-                # pixels (no padding), so subsample first: the same function, and it
-                # avoids TF 2.21's oneDNN gradient of strided 1x1 convolutions on
-                # even inputs >= 16 px, which corrupts the heap (docs/metanas.md).
-                x = x[:, :: self.stride[0], :: self.stride[1], :]
-            return pointwise_conv(x, self.kernel.value)
+            return pointwise_conv(x, self.kernel.value, self.stride)
         return tf.nn.conv2d(x, self.kernel.value, [1, *self.stride, 1], "SAME")
 
 

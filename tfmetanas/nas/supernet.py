@@ -83,10 +83,7 @@ class Conv(Module):
         if self.depthwise:
             y = depthwise_conv(x, self.kernel, self.stride)
         elif self.kernel_size == 1:
-            # Strided: subsampled first. Exact, and avoids TF 2.21's oneDNN
-            # strided-1x1 gradient crash (ops.Conv).
-            y = pointwise_conv(x[:, :: self.stride, :: self.stride, :] if self.stride > 1 else x,
-                               self.kernel)
+            y = pointwise_conv(x, self.kernel, self.stride)
         else:
             y = tf.nn.conv2d(x, self.kernel, strides, "SAME")
         if self.bias is not None:
