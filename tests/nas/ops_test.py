@@ -183,41 +183,71 @@ def _bn_reference(x, epsilon=1e-5):
     return tf.nn.batch_normalization(x, mean, variance, None, None, epsilon), mean, variance
 
 
-@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("scale_kind,shifted", [
+    (None, False), ("scalar", False), ("channel", False), ("channel", True), (None, True)])
 @pytest.mark.parametrize("graph", [False, True])
-def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(graph, scaled):
-    x = tf.random.stateless_normal((4, 5, 5, 3), seed=[1, 2]) * 2.0 + 1.0
-    v = tf.random.stateless_normal((4, 5, 5, 3), seed=[3, 4])
-    s = tf.constant(0.7)
+@pytest.mark.parametrize("shape", [(4, 5, 5, 3), (6, 3)])
+def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(
+        graph, scale_kind, shifted, shape):
+    # A scalar scale is a DARTS op's mixing weight; per-channel scale and offset
+    # are an affine batch norm's gamma and beta (MetaBatchNorm, the DARTS stem).
+    x = tf.random.stateless_normal(shape, seed=[1, 2]) * 2.0 + 1.0
+    v = tf.random.stateless_normal(shape, seed=[3, 4])
+    channels = shape[-1]
+    s = (tf.constant(0.7) if scale_kind != "channel"
+         else tf.constant([0.7, -1.3, 2.1][:channels]))
+    b = tf.constant([0.2, -0.5, 1.1][:channels])
+    scaled = scale_kind is not None
 
-    def derivatives(normalize, x, s):
+    def derivatives(normalize, x, s, b):
         with tf.GradientTape() as outer:
-            outer.watch([x, s])
+            outer.watch([x, s, b])
             with tf.GradientTape() as inner:
-                inner.watch([x, s])
-                y, mean, variance = normalize(x, s)
+                inner.watch([x, s, b])
+                y, mean, variance = normalize(x, s, b)
                 # The statistics stay differentiable (through the ordinary ops).
                 loss = tf.reduce_sum(tf.sin(y) * v) + tf.reduce_sum(mean * variance)
-            gx, gs = inner.gradient(loss, [x, s])
-            gv = tf.reduce_sum(gx * v) + (gs * gs if scaled else 0.0)
-        hx, hs = outer.gradient(gv, [x, s])
+            gx, gs, gb = inner.gradient(loss, [x, s, b])
+            gv = tf.reduce_sum(gx * v)
+            if scaled:
+                gv += tf.reduce_sum(gs * gs * tf.range(1.0, 1.0 + tf.size(gs, tf.float32)))
+            if shifted:
+                gv += tf.reduce_sum(tf.sin(gb) * gs if scaled else tf.sin(gb))
+        hx, hs, hb = outer.gradient(gv, [x, s, b])
         out = [y, gx, hx]
-        return out + [gs, hs] if scaled else out
+        out += [gs, hs] if scaled else []
+        out += [gb, hb] if shifted else []
+        return out
 
-    def ours(x, s):
-        return ops.normalize_batch(x, 1e-5, s if scaled else None)
+    def ours(x, s, b):
+        return ops.normalize_batch(x, 1e-5, s if scaled else None, b if shifted else None)
 
-    def reference(x, s):
-        y, mean, variance = _bn_reference(x)
-        return (s * y if scaled else y), mean, variance
+    def reference(x, s, b):
+        mean = tf.reduce_mean(x, axis=list(range(len(shape) - 1)))
+        variance = tf.reduce_mean(tf.square(x - mean), axis=list(range(len(shape) - 1)))
+        y = tf.nn.batch_normalization(x, mean, variance, None, None, 1e-5)
+        y = s * y if scaled else y
+        return (y + b if shifted else y), mean, variance
 
     if graph:
         run = tf.function(derivatives, autograph=False)
-        got, want = run(ours, x, s), run(reference, x, s)
+        got, want = run(ours, x, s, b), run(reference, x, s, b)
     else:
-        got, want = derivatives(ours, x, s), derivatives(reference, x, s)
-    for a, b in zip(got, want):
-        tf.debugging.assert_near(a, b, atol=1e-4, rtol=1e-4)
+        got, want = derivatives(ours, x, s, b), derivatives(reference, x, s, b)
+    assert len(got) == len(want) == 3 + 2 * scaled + 2 * shifted
+    for a, b_ in zip(got, want):
+        assert a is not None and b_ is not None
+        tf.debugging.assert_near(a, b_, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_norm_refuses_scale_and_offset_of_other_shapes():
+    x = tf.zeros((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="offset"):
+        ops.normalize_batch(x, 1e-5, offset=tf.constant(1.0))
+    with pytest.raises(ValueError, match="scale"):
+        ops.normalize_batch(x, 1e-5, tf.ones((2,)))
+    with pytest.raises(ValueError, match="offset"):
+        ops.normalize_batch(x, 1e-5, None, tf.ones((1, 3)))
 
 
 def test_batch_norm_updates_state_only_in_training():

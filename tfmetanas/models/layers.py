@@ -21,40 +21,62 @@ import tensorflow as tf
 from tfmetanas.models import params as params_lib
 
 
-def normalize_batch(x, epsilon, scale=None):
-    """``scale * (x - mean) / sqrt(variance + epsilon)`` with the batch's statistics.
+def normalize_batch(x, epsilon, scale=None, offset=None):
+    """``scale * (x - mean) / sqrt(variance + epsilon) + offset`` with the batch's statistics.
 
     Statistics over every axis but the last (N, H, W for images). The
-    gradients with respect to `x` and `scale` are written out (the standard
-    batch-norm backward; `scale` folded into the per-channel factors): two
-    reductions and a few element-wise ops over the activations, about half
-    of what autodiff of the composed ops builds, and only ``x - mean`` is
-    kept from the forward; a scalar `scale` costs no pass of its own
+    gradients with respect to `x`, `scale` and `offset` are written out (the
+    standard batch-norm backward, `scale` folded into the per-channel
+    factors): two reductions and a few element-wise ops over the
+    activations, about half of what autodiff of the composed ops builds, and
+    only ``x - mean`` is kept from the forward
     (``python tools/microbench.py --cases=bn``, 20 BN layers forward and
-    backward on 20x28x28x28: 28 against 49 ms, session 8). Built from
-    differentiable ops, so second-order gradients (nested tapes) are exact
-    as well. Used by the DARTS ops' `BatchNorm` and by `MetaBatchNorm`.
+    backward on 20x28x28x28: 28 against 49 ms, session 8). A scale costs no
+    pass of its own, and an affine batch norm's gamma and beta come out of
+    the reductions the backward makes anyway (their gradients are
+    ``n * inv * mean(dy * centred)`` and ``n * mean(dy)``): no products or
+    sums of their own, in the forward, the backward or, for second-order
+    meta-learning, the backward's backward. Built from differentiable ops, so
+    second-order gradients (nested tapes) are exact as well. Used by the
+    DARTS ops' `BatchNorm` and by `MetaBatchNorm`.
 
     Args:
       x: channels-last activations (NHWC images, or ``[N, C]``).
       epsilon: variance epsilon.
-      scale: optional scalar tensor multiplying the output (None: 1).
+      scale: optional scalar or per-channel ``[C]`` tensor multiplying the
+        normalised activations (an op's mixing weight, a BN's gamma; None: 1).
+      offset: optional per-channel ``[C]`` tensor added after (a BN's beta).
 
     Returns:
-      ``(y, mean, variance)``: the (scaled) normalised activations and the
-      batch statistics (biased variance), which stay differentiable through
-      the ordinary ops that computed them.
+      ``(y, mean, variance)``: the scaled and shifted normalised activations and
+      the batch statistics (biased variance), which stay differentiable
+      through the ordinary ops that computed them.
+
+    Raises:
+      ValueError: `scale` or `offset` is neither a scalar nor one value per channel.
     """
+    channels = x.shape[-1]
+    for name, value in (("scale", scale), ("offset", offset)):
+        if value is None:
+            continue
+        shape = tf.TensorShape(value.shape)
+        if not (shape.rank == 0 and name == "scale"
+                or shape.rank == 1 and shape[0] in (channels, None)):
+            raise ValueError(f"normalize_batch: {name} must be "
+                             f"{'a scalar or ' if name == 'scale' else ''}"
+                             f"one value per channel ({channels}), got shape {shape}.")
     stats = []
     axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
     scaled = scale is not None
     scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
+    per_channel_scale = scale.shape.rank == 1
+    extra = [] if offset is None else [tf.convert_to_tensor(offset, x.dtype)]
     # Values per channel; a Python number when the shape is static (the usual
     # case: no size/shape/slice/divide/cast nodes per batch norm).
     count = x.shape[:-1].num_elements()
 
     @tf.custom_gradient
-    def normalize(x, scale):
+    def normalize(x, scale, *offset):
         # Not tf.nn.moments: it stops the gradient of the mean inside the
         # variance, which would make the statistics' own gradients wrong.
         mean = tf.reduce_mean(x, axis=axes)
@@ -65,19 +87,22 @@ def normalize_batch(x, epsilon, scale=None):
         stats.extend([mean, variance])
 
         def grad(dy):
-            # y = scale * centred * inv; with a = scale * inv per channel:
+            # y = scale * centred * inv + offset; with a = scale * inv per channel:
             # dx = a * (dy - mean(dy)) - centred * a * inv^2 * mean(dy * centred).
             mean_dy = tf.reduce_mean(dy, axis=axes)
             mean_dy_c = tf.reduce_mean(dy * centred, axis=axes)
             dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
             n = count if count is not None else tf.cast(
                 tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
-            dscale = tf.reduce_sum(inv * mean_dy_c) * n
-            return dx, dscale
+            dscale = inv * mean_dy_c * n  # sum(dy * centred * inv) per channel
+            if not per_channel_scale:
+                dscale = tf.reduce_sum(dscale)
+            return (dx, dscale, *[mean_dy * n for _ in offset])  # doffset = sum(dy)
 
-        return centred * factor, grad
+        y = centred * factor
+        return (y + offset[0] if offset else y), grad
 
-    y = normalize(x, scale)
+    y = normalize(x, scale, *extra)
     return y, stats[0], stats[1]
 
 
@@ -192,11 +217,15 @@ class MetaBatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False, step=0):
         stat_rows = self.num_steps if self.per_step_stats else 1
+        affine_rows = self.num_steps if self.per_step_affine else 1
+        gamma = self._row(self.gamma, affine_rows, step) if self.scale else None
+        beta = self._row(self.beta, affine_rows, step) if self.center else None
         if training:
             # The batch statistics with a written-out gradient (`normalize_batch`:
             # exact to second order, and a third of the graph autodiff of the
-            # composed ops builds, which counts twice in second-order MAML).
-            normalized, mean, variance = normalize_batch(x, self.epsilon)
+            # composed ops builds, which counts twice in second-order MAML),
+            # gamma and beta folded in.
+            y, mean, variance = normalize_batch(x, self.epsilon, gamma, beta)
             # Only the row of the current step moves (BNRS): a one-hot blend
             # works for Python and tensor steps alike.
             select = params_lib.step_one_hot(step, stat_rows, x.dtype)
@@ -207,17 +236,10 @@ class MetaBatchNorm(keras.layers.Layer):
             self.moving_variance.assign(
                 self.moving_variance - decay * (self.moving_variance - tf.stop_gradient(variance))
             )
-        else:
-            mean = self._row(self.moving_mean, stat_rows, step)
-            variance = self._row(self.moving_variance, stat_rows, step)
-        affine_rows = self.num_steps if self.per_step_affine else 1
-        gamma = self._row(self.gamma, affine_rows, step) if self.scale else None
-        beta = self._row(self.beta, affine_rows, step) if self.center else None
-        if not training:
-            return tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
-        if gamma is not None:
-            normalized = normalized * gamma
-        return normalized if beta is None else normalized + beta
+            return y
+        mean = self._row(self.moving_mean, stat_rows, step)
+        variance = self._row(self.moving_variance, stat_rows, step)
+        return tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
 
     def get_config(self):
         return {

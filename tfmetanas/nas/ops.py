@@ -215,10 +215,12 @@ class BatchNorm(keras.layers.Layer):
         if scale is not None and self.affine:
             raise ValueError("BatchNorm: scale= is for affine-free batch norms.")
         if training:
-            y, mean, variance = normalize_batch(x, self.epsilon, scale)
+            if self.affine:  # gamma and beta folded into the normalisation
+                scale, offset = self.gamma.value, self.beta.value
+            else:
+                offset = None
+            y, mean, variance = normalize_batch(x, self.epsilon, scale, offset)
             self.update_moving(mean, variance)
-            if self.affine:
-                y = y * self.gamma.value + self.beta.value
             return y
         if self.affine:
             scale, offset = self.gamma.value, self.beta.value
