@@ -60,8 +60,6 @@ def base_config():
     config.model.darts.running_stats = True  # BN moving statistics updated (False: never read)
     # Leading cells whose activations are recomputed in the backward pass (memory for time).
     config.model.darts.recompute_cells = 0
-    # In those cells, only these operations (empty: the whole cell).
-    config.model.darts.recompute_ops = ()
     # Max-pooling's gradient: native (TensorFlow's) | argmax (a scatter whose
     # second-order gradients are exact in compiled graphs; TensorFlow's are not
     # for 3x3 stride-1 pooling, so second-order meta-learners need it).

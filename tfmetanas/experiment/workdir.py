@@ -24,8 +24,7 @@ RESUMABLE_KEYS = (
     "train.distribute", "train.devices", "train.tpu",
     "train.intra_op_threads", "train.inter_op_threads", "train.trim_interval", "meta.parallel_tasks",
     "inner.lr", "meta.lr", "inner.while_loop", "model.darts.soft_prune",
-    "model.darts.running_stats", "model.darts.recompute_cells", "model.darts.recompute_ops",
-    "model.darts.max_pool_gradient",
+    "model.darts.running_stats", "model.darts.recompute_cells", "model.darts.max_pool_gradient",
     "train.skip_graph_optimizations",
     "eval.num_tasks", "eval.num_val_tasks", "data.root",
 )

@@ -25,7 +25,7 @@ def recomputed_call(layer, fn, *args):
 
     Args:
       layer: the Keras layer whose variables `fn` reads (every one of them is
-        passed in: trainable ones receive gradients), or a list of layers.
+        passed in: trainable ones receive gradients).
       fn: the call; its tensor arguments come from `args` (nested structures
         of tensors and Python values; only tensors receive gradients).
       *args: the arguments.
@@ -37,9 +37,7 @@ def recomputed_call(layer, fn, *args):
       ConfigError: `fn` assigned one of the layer's variables (a BN moving
         statistic, say): the update would be lost in the recomputation's scope.
     """
-    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
-    variables = list({id(v): v for one in layers for v in one.variables}.values())
-    names = ", ".join(one.name for one in layers[:3]) + (", ..." if len(layers) > 3 else "")
+    variables = list(layer.variables)
     values = [tf.convert_to_tensor(v.value) for v in variables]
     flat = tf.nest.flatten(args)
     tensor_at = [i for i, a in enumerate(flat) if tf.is_tensor(a)]
@@ -56,7 +54,7 @@ def recomputed_call(layer, fn, *args):
                        if scope.state_mapping.get(id(v)) is not given.get(id(v))]
         if changed:
             raise errors.ConfigError(
-                f"A recomputed call of {names} assigned {changed[:3]}; the update would be "
+                f"A recomputed call of {layer.name} assigned {changed[:3]}; the update would be "
                 "lost. Recompute only layers whose training calls leave their state alone "
                 "(e.g. model.darts.running_stats=False)."
             )

@@ -78,7 +78,6 @@ def _darts(config, input_shape, output_dim):
         soft_prune=_get(d, "soft_prune", "mask"),
         running_stats=bool(_get(d, "running_stats", True)),
         recompute_cells=int(_get(d, "recompute_cells", 0)),
-        recompute_ops=tuple(_get(d, "recompute_ops", ())),
         max_pool_gradient=str(_get(d, "max_pool_gradient", "native")),
         stem_multiplier=int(_get(d, "stem_multiplier", 3)),
         reduction_channel_multiplier=int(_get(d, "reduction_channel_multiplier", 1)),

@@ -127,8 +127,7 @@ class MixedOp(keras.layers.Layer):
     def build(self, input_shape):
         del input_shape  # Sub-layers are built by the network's eager build pass.
 
-    def call(self, x, scales, keep=None, training=False, soft_prune="mask", memo=None,
-             only=None):
+    def call(self, x, scales, keep=None, training=False, soft_prune="mask", memo=None):
         """Mixes the ops, op ``o`` scaled by ``scales[o]``.
 
         Args:
@@ -144,17 +143,14 @@ class MixedOp(keras.layers.Layer):
             skips them with a `tf.cond` each (see `SearchNetwork`).
           memo: an `ops.Memo` of `x`, sharing work with the other edges
             reading it (not used with ``"cond"``, whose branches cannot share).
-          only: None, or the indices of the ops to compute (the sum over
-            those ops alone: a part of the edge, see `SearchCell`).
 
         Returns:
-          ``sum_o scales[o] * o(x)`` over the kept ops; with `only`, over the
-          kept ops in it (None if `only` leaves no op to compute).
+          ``sum_o scales[o] * o(x)`` over the kept ops.
         """
         out = None
         for o, (name, op) in enumerate(zip(self.primitives, self.ops)):
-            if name == "none" or (only is not None and o not in only):
-                continue  # "none" contributes exactly zero: never computed.
+            if name == "none":
+                continue  # Contributes exactly zero: never computed.
 
             def term(op=op, scale=scales[o], memo=memo):
                 return op(x, training=training, memo=memo, scale=scale)
@@ -175,7 +171,7 @@ class MixedOp(keras.layers.Layer):
                     state,
                 )
             out = y if out is None else out + y
-        if out is None and only is None:
+        if out is None:
             out = ops_lib.output_zeros(x, self.channels, self.stride)
         return out
 
@@ -284,7 +280,6 @@ class SearchCell(keras.layers.Layer):
         training=False,
         edge_masks=None,
         soft_prune="mask",
-        recompute_ops=None,
     ):
         """Runs the cell.
 
@@ -299,10 +294,6 @@ class SearchCell(keras.layers.Layer):
             node a boolean ``(j + 2,)`` mask of the kept inputs (each kept
             edge enters with coefficient 1, dropped ones are not computed).
           soft_prune: ``"mask"`` or ``"cond"`` (see `MixedOp`).
-          recompute_ops: None, or names of candidate operations whose
-            activations are recomputed in the backward pass
-            (`models.recompute`): per state, the named ops of every edge
-            reading it run as one recomputed call; the other ops keep theirs.
 
         Returns:
           The concatenation of the intermediate nodes.
@@ -314,58 +305,22 @@ class SearchCell(keras.layers.Layer):
         scales, keep = self._op_scales(op_weights, subset_weights, threshold, edge_masks,
                                        soft_prune)
         num_ops = len(self.primitives)
-        recomputed = frozenset(o for o, name in enumerate(self.primitives)
-                               if recompute_ops and name in recompute_ops and name != "none")
-        kept_here = None
-        if recomputed:
-            kept_here = frozenset(range(num_ops)) - recomputed
-        first_edge = np.cumsum([0] + [j + 2 for j in range(self.num_nodes)])
-        parts = {}  # edge -> the sum of its recomputed ops
-
-        def edge_args(e):
-            ops = slice(e * num_ops, (e + 1) * num_ops)
-            return scales[ops], None if keep is None else keep[ops]
-
-        def recompute_readers(i):
-            """The recomputed ops of every edge reading state i, in one recomputed call."""
-            edges = [int(first_edge[j]) + i for j in range(max(0, i - 1), self.num_nodes)]
-
-            def run(x, edge_scales, edge_keeps):
-                memo = ops_lib.Memo()
-                return [self.edges[e](x, sc, keep=kp, training=training, soft_prune=soft_prune,
-                                      memo=memo, only=recomputed)
-                        for e, sc, kp in zip(edges, edge_scales, edge_keeps)]
-
-            layers = [self.edges[e].ops[o] for e in edges for o in sorted(recomputed)]
-            args = [edge_args(e) for e in edges]
-            outs = recompute.recomputed_call(
-                layers, run, states[i], [a[0] for a in args], [a[1] for a in args])
-            parts.update(zip(edges, outs))
-
+        e = 0
         for j in range(self.num_nodes):
-            if recomputed:
-                for i in ((0, 1) if j == 0 else (j + 1,)):
-                    recompute_readers(i)  # the cell's inputs first, then each new node
             node = None
             for i in range(j + 2):
-                e = int(first_edge[j]) + i
-                edge_scales, edge_keep = edge_args(e)
-                y = self.edges[e](
+                ops = slice((e + i) * num_ops, (e + i + 1) * num_ops)
+                y = self.edges[e + i](
                     states[i],
-                    edge_scales,
-                    keep=edge_keep,
+                    scales[ops],
+                    keep=None if keep is None else keep[ops],
                     training=training,
                     soft_prune=soft_prune,
                     memo=memos[i],
-                    only=kept_here,
                 )
-                for term in (y, parts.pop(e, None)):
-                    if term is not None:
-                        node = term if node is None else node + term
-            if node is None:  # every op "none"
-                node = ops_lib.output_zeros(states[0], self.channels,
-                                            self.edges[int(first_edge[j])].stride)
+                node = y if node is None else node + y
             states.append(node)
+            e += j + 2
         return tf.concat(states[2:], axis=-1)
 
 
@@ -496,13 +451,6 @@ class SearchNetwork(_CellNetwork):
         step's tensors (the first cells, at full resolution, hold most of
         them), one more forward pass of those cells. Needs
         ``running_stats=False`` and ``soft_prune="mask"``.
-      recompute_ops: in those cells, recompute only these candidate
-        operations (names from `primitives`); the others, and the cells'
-        input preprocessing, keep their activations. Empty (the default):
-        the whole cell is recomputed. Operations differ in what they hold
-        per unit of recomputation: a separable convolution keeps five
-        activations for a few cheap layers, a 3x3 convolution one for a
-        full one.
       max_pool_gradient: "native" or "argmax" (`ops.max_pool_argmax`): how
         the max-pooling ops differentiate. Second-order gradients through
         TensorFlow's native one are wrong in compiled graphs for stride-1
@@ -539,7 +487,6 @@ class SearchNetwork(_CellNetwork):
         soft_prune="mask",
         running_stats=True,
         recompute_cells=0,
-        recompute_ops=(),
         max_pool_gradient="native",
         name="search_network",
         **kwargs,
@@ -559,12 +506,6 @@ class SearchNetwork(_CellNetwork):
             raise errors.ConfigError(
                 f"recompute_cells must be between 0 and num_cells = {num_cells}, got "
                 f"{recompute_cells}."
-            )
-        unknown = [name for name in recompute_ops if name not in primitives]
-        if unknown:
-            raise errors.ConfigError(
-                f"recompute_ops names operations outside the search space: {unknown}; "
-                f"the space: {', '.join(primitives)}."
             )
         if max_pool_gradient not in ops_lib.MAX_POOL_GRADIENTS:
             raise errors.ConfigError(
@@ -611,7 +552,6 @@ class SearchNetwork(_CellNetwork):
         self.num_edges = sum(j + 2 for j in range(num_nodes))
         self.running_stats = bool(running_stats)
         self.recompute_cells = int(recompute_cells)
-        self.recompute_ops = tuple(recompute_ops)
         # Without running statistics training calls neither read nor write the
         # BN state (`params.FunctionalModel.training_state`).
         self.training_uses_state = self.running_stats
@@ -766,16 +706,12 @@ class SearchNetwork(_CellNetwork):
         for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"
 
-            def run(s0, s1, w, sw, threshold, masks, recompute_ops=None, cell=cell):
+            def run(s0, s1, w, sw, threshold, masks, cell=cell):
                 return cell(s0, s1, w, sw, threshold=threshold, training=training,
-                            edge_masks=masks, soft_prune=self.soft_prune,
-                            recompute_ops=recompute_ops)
+                            edge_masks=masks, soft_prune=self.soft_prune)
 
             cell_args = (s0, s1, weights[kind], subset_weights[kind], threshold, edge_masks[kind])
-            recomputed = c < self.recompute_cells and not build_pass
-            if recomputed and self.recompute_ops:
-                out = run(*cell_args, recompute_ops=self.recompute_ops)
-            elif recomputed:
+            if c < self.recompute_cells and not build_pass:
                 out = recompute.recomputed_call(cell, run, *cell_args)
             else:
                 out = run(*cell_args)
