@@ -177,15 +177,10 @@ def test_factorized_reduce_reads_even_and_shifted_pixels(size):
     tf.debugging.assert_near(y, op.bn(ref, training=False), atol=1e-5)
 
 
-def _bn_reference(x, epsilon=1e-5):
-    mean = tf.reduce_mean(x, axis=[0, 1, 2])
-    variance = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2])
-    return tf.nn.batch_normalization(x, mean, variance, None, None, epsilon), mean, variance
-
-
 @pytest.mark.parametrize("scale_kind,shifted", [
-    (None, False), ("scalar", False), ("channel", False), ("channel", True), (None, True)])
-@pytest.mark.parametrize("graph", [False, True])
+    (None, False), ("scalar", False), ("channel", False), ("scalar", True), ("channel", True),
+    (None, True)])
+@pytest.mark.parametrize("graph", [False, True, "unknown batch"])
 @pytest.mark.parametrize("shape", [(4, 5, 5, 3), (6, 3)])
 def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(
         graph, scale_kind, shifted, shape):
@@ -229,7 +224,15 @@ def test_batch_norm_hand_written_gradient_matches_autodiff_to_second_order(
         y = s * y if scaled else y
         return (y + b if shifted else y), mean, variance
 
-    if graph:
+    if graph == "unknown batch":
+        # Traced with the batch size unknown: the count per channel is computed.
+        spec = tf.TensorSpec([None, *shape[1:]], tf.float32)
+        got, want = [
+            tf.function(lambda x, s, b, f=f: derivatives(f, x, s, b), autograph=False,
+                        input_signature=[spec, tf.TensorSpec(s.shape), tf.TensorSpec(b.shape)])(
+                x, s, b)
+            for f in (ours, reference)]
+    elif graph:
         run = tf.function(derivatives, autograph=False)
         got, want = run(ours, x, s, b), run(reference, x, s, b)
     else:
@@ -248,6 +251,22 @@ def test_batch_norm_refuses_scale_and_offset_of_other_shapes():
         ops.normalize_batch(x, 1e-5, tf.ones((2,)))
     with pytest.raises(ValueError, match="offset"):
         ops.normalize_batch(x, 1e-5, None, tf.ones((1, 3)))
+
+
+def test_batch_norm_takes_python_numbers_and_vectors_of_unknown_length():
+    x = tf.random.stateless_normal((4, 3, 3, 2), seed=[5, 6])
+    y, _, _ = ops.normalize_batch(x, 1e-5, 0.5)
+    want, _, _ = ops.normalize_batch(x, 1e-5, tf.constant(0.5))
+    tf.debugging.assert_near(y, want)
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([4, 3, 3, None]),
+                                                   tf.TensorSpec([None]), tf.TensorSpec([None])])
+    def unknown(x, scale, offset):
+        return ops.normalize_batch(x, 1e-5, scale, offset)[0]
+
+    scale, offset = tf.constant([2.0, -1.0]), tf.constant([0.5, 0.25])
+    got = unknown(x, scale, offset)
+    tf.debugging.assert_near(got, ops.normalize_batch(x, 1e-5, scale, offset)[0])
 
 
 def test_batch_norm_updates_state_only_in_training():

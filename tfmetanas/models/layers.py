@@ -56,21 +56,24 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
       ValueError: `scale` or `offset` is neither a scalar nor one value per channel.
     """
     channels = x.shape[-1]
+    scaled = scale is not None
+    scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
+    offset = None if offset is None else tf.convert_to_tensor(offset, x.dtype)
     for name, value in (("scale", scale), ("offset", offset)):
         if value is None:
             continue
-        shape = tf.TensorShape(value.shape)
-        if not (shape.rank == 0 and name == "scale"
-                or shape.rank == 1 and shape[0] in (channels, None)):
+        # A vector of unknown length passes: its length is checked when it runs.
+        shape = value.shape
+        per_channel = shape.rank == 1 and (
+            channels is None or shape[0] is None or shape[0] == channels)
+        if not (per_channel or (name == "scale" and shape.rank == 0)):
             raise ValueError(f"normalize_batch: {name} must be "
                              f"{'a scalar or ' if name == 'scale' else ''}"
                              f"one value per channel ({channels}), got shape {shape}.")
     stats = []
     axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
-    scaled = scale is not None
-    scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
     per_channel_scale = scale.shape.rank == 1
-    extra = [] if offset is None else [tf.convert_to_tensor(offset, x.dtype)]
+    extra = [] if offset is None else [offset]
     # Values per channel; a Python number when the shape is static (the usual
     # case: no size/shape/slice/divide/cast nodes per batch norm).
     count = x.shape[:-1].num_elements()
