@@ -439,6 +439,8 @@ def measure(config, setting):
         # CPU time (user + system, all threads) per timed call: on a shared machine
         # it moves much less with the load than wall time does.
         "cpu_ms_per_call": round(cpu_ms, 1),
+        # The config overrides of the command line: what distinguishes runs of one config.
+        "config_overrides": [a for a in sys.argv[1:] if a.startswith("--config.")],
         "peak_rss_mb": round(peak_rss, 1),
         "setup_rss_mb": round(setup_rss, 1),
         # The first call (trace, graph optimisation, first run) against the

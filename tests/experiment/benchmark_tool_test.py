@@ -127,6 +127,7 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     )
     (result,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert result["order"] == "first" and result["meta_batch_size"] == 2
+    assert result["config_overrides"] == ["--config.meta.meta_batch_size=2"]
     assert result["repeats"] == 2 and result["ms_min"] <= result["ms_median"] <= result["ms_max"]
     assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
     assert result["cpu_ms_per_call"] > 0
