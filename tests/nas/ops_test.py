@@ -267,6 +267,25 @@ def test_batch_norm_takes_python_numbers_and_vectors_of_unknown_length():
     scale, offset = tf.constant([2.0, -1.0]), tf.constant([0.5, 0.25])
     got = unknown(x, scale, offset)
     tf.debugging.assert_near(got, ops.normalize_batch(x, 1e-5, scale, offset)[0])
+    # A list offset, and the gradients through vectors of unknown length.
+    tf.debugging.assert_near(ops.normalize_batch(x, 1e-5, scale, [0.5, 0.25])[0], got)
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None]), tf.TensorSpec([None])])
+    def gradients(scale, offset):
+        with tf.GradientTape() as tape:
+            tape.watch([scale, offset])
+            y = ops.normalize_batch(x, 1e-5, scale, offset)[0]
+            loss = tf.reduce_sum(tf.sin(y))
+        return tape.gradient(loss, [scale, offset])
+
+    with tf.GradientTape() as tape:
+        tape.watch([scale, offset])
+        loss = tf.reduce_sum(tf.sin(ops.normalize_batch(x, 1e-5, scale, offset)[0]))
+    for a, b in zip(gradients(scale, offset), tape.gradient(loss, [scale, offset])):
+        tf.debugging.assert_near(a, b)
+    # One value where two channels need two: refused when it runs, not broadcast.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one value per channel"):
+        unknown(x, tf.constant([2.0]), offset)
 
 
 def test_batch_norm_updates_state_only_in_training():

@@ -46,6 +46,8 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
       scale: optional scalar or per-channel ``[C]`` tensor multiplying the
         normalised activations (an op's mixing weight, a BN's gamma; None: 1).
       offset: optional per-channel ``[C]`` tensor added after (a BN's beta).
+        Python numbers, lists and arrays are converted to `x`'s dtype; a length
+        unknown when traced is checked when the call runs.
 
     Returns:
       ``(y, mean, variance)``: the scaled and shifted normalised activations and
@@ -59,10 +61,10 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
     scaled = scale is not None
     scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
     offset = None if offset is None else tf.convert_to_tensor(offset, x.dtype)
+    checked = {}
     for name, value in (("scale", scale), ("offset", offset)):
         if value is None:
             continue
-        # A vector of unknown length passes: its length is checked when it runs.
         shape = value.shape
         per_channel = shape.rank == 1 and (
             channels is None or shape[0] is None or shape[0] == channels)
@@ -70,6 +72,14 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
             raise ValueError(f"normalize_batch: {name} must be "
                              f"{'a scalar or ' if name == 'scale' else ''}"
                              f"one value per channel ({channels}), got shape {shape}.")
+        if per_channel and (channels is None or shape[0] is None):
+            # Known only when it runs: checked then (a length of 1 would broadcast).
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    tf.shape(value)[0], tf.shape(x)[-1],
+                    message=f"normalize_batch: {name} needs one value per channel")]):
+                value = tf.identity(value)
+        checked[name] = value
+    scale, offset = checked.get("scale", scale), checked.get("offset", offset)
     stats = []
     axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
     per_channel_scale = scale.shape.rank == 1
