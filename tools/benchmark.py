@@ -348,6 +348,12 @@ def _op_breakdown(logdir, top=30):
     ]
 
 
+def _config_overrides():
+    """The ``--config.*`` overrides given, as ``{"field.path": value}`` (JSON-safe)."""
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    return json.loads(json.dumps(overrides, default=str))
+
+
 def measure(config, setting):
     """Times one setting in this process; returns the result dict."""
     import tensorflow as tf
@@ -439,8 +445,9 @@ def measure(config, setting):
         # CPU time (user + system, all threads) per timed call: on a shared machine
         # it moves much less with the load than wall time does.
         "cpu_ms_per_call": round(cpu_ms, 1),
-        # The config overrides of the command line: what distinguishes runs of one config.
-        "config_overrides": [a for a in sys.argv[1:] if a.startswith("--config.")],
+        # The config overrides of the command line (every flag form): what distinguishes
+        # runs of one config.
+        "config_overrides": _config_overrides(),
         "peak_rss_mb": round(peak_rss, 1),
         "setup_rss_mb": round(setup_rss, 1),
         # The first call (trace, graph optimisation, first run) against the
@@ -548,7 +555,8 @@ def run_setting(config_path, setting, extra_args):
         print(f"{config_path} {setting}: failed (exit code {proc.returncode})\n"
               f"{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
         return {"config": config, "order": setting["order"],
-                "jit_compile": setting.get("jit"), "failed": True}
+                "jit_compile": setting.get("jit"), "failed": True,
+                "arguments": list(extra_args)}
     result = json.loads(lines[-1][len("RESULT ") :])
     result["config"] = config
     return result

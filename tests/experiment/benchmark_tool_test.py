@@ -111,7 +111,8 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
             sys.executable,
             TOOL,
             f"--config={os.path.join(ROOT, 'configs', 'sinusoid', 'maml_5shot.py')}",
-            "--config.meta.meta_batch_size=2",
+            "--config.meta.meta_batch_size", "2",  # the space-separated form
+            "--noconfig.inner.while_loop",
             "--jit=false",
             "--order=first",
             "--repeats=2",
@@ -127,7 +128,7 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     )
     (result,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert result["order"] == "first" and result["meta_batch_size"] == 2
-    assert result["config_overrides"] == ["--config.meta.meta_batch_size=2"]
+    assert result["config_overrides"] == {"meta.meta_batch_size": 2, "inner.while_loop": False}
     assert result["repeats"] == 2 and result["ms_min"] <= result["ms_median"] <= result["ms_max"]
     assert result["peak_rss_mb"] > 0 and result["roofline_gflops"] > 0
     assert result["cpu_ms_per_call"] > 0
