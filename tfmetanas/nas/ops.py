@@ -214,18 +214,13 @@ class BatchNorm(keras.layers.Layer):
         the result at the cost of a per-channel product (affine-free BN only)."""
         if scale is not None and self.affine:
             raise ValueError("BatchNorm: scale= is for affine-free batch norms.")
-        if training:
-            if self.affine:  # gamma and beta folded into the normalisation
-                scale, offset = self.gamma.value, self.beta.value
-            else:
-                offset = None
+        offset = None
+        if self.affine:
+            scale, offset = self.gamma.value, self.beta.value
+        if training:  # gamma and beta folded into the normalisation
             y, mean, variance = normalize_batch(x, self.epsilon, scale, offset)
             self.update_moving(mean, variance)
             return y
-        if self.affine:
-            scale, offset = self.gamma.value, self.beta.value
-        else:
-            offset = None
         return tf.nn.batch_normalization(
             x, self.moving_mean.value, self.moving_variance.value, offset, scale, self.epsilon
         )
