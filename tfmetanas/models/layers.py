@@ -21,6 +21,26 @@ import tensorflow as tf
 from tfmetanas.models import params as params_lib
 
 
+def _scale_or_offset(name, value, x):
+    """`value` as a tensor of `x`'s dtype, checked to be one value per channel (or,
+    for the scale, a scalar); a length unknown when traced is checked when it runs
+    (a length of 1 would broadcast)."""
+    value = tf.convert_to_tensor(value, x.dtype)
+    channels, shape = x.shape[-1], value.shape
+    per_channel = shape.rank == 1 and (
+        channels is None or shape[0] is None or shape[0] == channels)
+    if not (per_channel or (name == "scale" and shape.rank == 0)):
+        raise ValueError(f"normalize_batch: {name} must be "
+                         f"{'a scalar or ' if name == 'scale' else ''}"
+                         f"one value per channel ({channels}), got shape {shape}.")
+    if per_channel and (channels is None or shape[0] is None):
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(value)[0], tf.shape(x)[-1],
+                message=f"normalize_batch: {name} needs one value per channel")]):
+            value = tf.identity(value)
+    return value
+
+
 def normalize_batch(x, epsilon, scale=None, offset=None):
     """``scale * (x - mean) / sqrt(variance + epsilon) + offset`` with the batch's statistics.
 
@@ -57,29 +77,9 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
     Raises:
       ValueError: `scale` or `offset` is neither a scalar nor one value per channel.
     """
-    channels = x.shape[-1]
     scaled = scale is not None
-    scale = tf.convert_to_tensor(1.0 if scale is None else scale, x.dtype)
-    offset = None if offset is None else tf.convert_to_tensor(offset, x.dtype)
-    checked = {}
-    for name, value in (("scale", scale), ("offset", offset)):
-        if value is None:
-            continue
-        shape = value.shape
-        per_channel = shape.rank == 1 and (
-            channels is None or shape[0] is None or shape[0] == channels)
-        if not (per_channel or (name == "scale" and shape.rank == 0)):
-            raise ValueError(f"normalize_batch: {name} must be "
-                             f"{'a scalar or ' if name == 'scale' else ''}"
-                             f"one value per channel ({channels}), got shape {shape}.")
-        if per_channel and (channels is None or shape[0] is None):
-            # Known only when it runs: checked then (a length of 1 would broadcast).
-            with tf.control_dependencies([tf.debugging.assert_equal(
-                    tf.shape(value)[0], tf.shape(x)[-1],
-                    message=f"normalize_batch: {name} needs one value per channel")]):
-                value = tf.identity(value)
-        checked[name] = value
-    scale, offset = checked.get("scale", scale), checked.get("offset", offset)
+    scale = _scale_or_offset("scale", 1.0 if scale is None else scale, x)
+    offset = None if offset is None else _scale_or_offset("offset", offset, x)
     stats = []
     axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
     per_channel_scale = scale.shape.rank == 1
