@@ -1,5 +1,7 @@
 """Episode sampler contract: determinism, resumption, balance, shapes, errors (glyphs, sinusoid)."""
 
+import tracemalloc
+
 import ml_collections
 import numpy as np
 import pytest
@@ -142,6 +144,29 @@ def test_glyph_generation_is_deterministic_and_seeded():
     between = np.mean([np.abs(x[i, 0] - x[(i + 1) % 6, 0]).mean() for i in range(6)])
     assert within < between
 
+
+
+def test_glyph_generation_is_batch_independent_and_keeps_no_float_copy_of_the_set():
+    # The same images whatever the render batch: the instance draws are made for
+    # all images first.
+    np.testing.assert_array_equal(
+        glyphs.generate_glyphs(10, 4, seed=3, image_size=20),
+        glyphs.generate_glyphs(10, 4, seed=3, image_size=20, batch=7),
+    )
+
+    # Each batch is stored as uint8 as soon as it is rendered: twice the images
+    # add about their uint8 bytes to the peak, not a float32 array of the whole
+    # set and the copies clipping and rounding make of it (16 bytes a pixel).
+    def peak_and_size(classes):
+        tracemalloc.start()
+        try:
+            images = glyphs.generate_glyphs(classes, 20, seed=0, image_size=56, batch=256)
+            return tracemalloc.get_traced_memory()[1], images.nbytes
+        finally:
+            tracemalloc.stop()
+
+    (peak1, size1), (peak2, size2) = peak_and_size(100), peak_and_size(200)
+    assert peak2 - peak1 < 2 * (size2 - size1), (peak1, peak2, size1, size2)
 
 @pytest.mark.parametrize(
     "overrides, error, words",

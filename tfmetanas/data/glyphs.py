@@ -211,7 +211,10 @@ def generate_glyphs(num_classes=3000, instances=20, seed=0, image_size=28, batch
     half = 0.38 * image_size
     px = image_size / 28.0  # pen and gain are defined at 28x28
 
-    out = np.zeros((n, image_size, image_size), np.float32)
+    # Each batch goes to uint8 as soon as it is rendered: a float32 array of
+    # every image (and the copies of it that clipping and rounding make) would
+    # take 16 bytes per pixel, 1.6 GB at 42x42.
+    out = np.zeros((n, image_size, image_size), np.uint8)
     class_of = np.repeat(np.arange(num_classes), instances)
     sigmas = _PEN_SIGMAS * px
     for start in range(0, n, batch):
@@ -222,9 +225,9 @@ def generate_glyphs(num_classes=3000, instances=20, seed=0, image_size=28, batch
         # Gain grows with the pen width so that thin and thick pens both
         # saturate in the stroke core.
         g = gain[sl] * sigmas[pen_level[sl]]
-        out[sl] = _render_sized(ctrl, mask[class_of[sl]], pen_level[sl], g, image_size, sigmas)
-    images = preprocess.to_uint8(np.clip(out, 0.0, 1.0))
-    return images.reshape(num_classes, instances, image_size, image_size, 1)
+        rendered = _render_sized(ctrl, mask[class_of[sl]], pen_level[sl], g, image_size, sigmas)
+        out[sl] = preprocess.to_uint8(np.clip(rendered, 0.0, 1.0))
+    return out.reshape(num_classes, instances, image_size, image_size, 1)
 
 
 @functools.lru_cache(maxsize=4)
