@@ -178,7 +178,7 @@ def _render_sized(controls, mask, pen_level, gain, size, sigmas):
     return (1.0 - np.exp(-gain[:, None, None] * blurred)).astype(np.float32)
 
 
-def generate_glyphs(num_classes=3000, instances=20, seed=0, image_size=28, batch=4096):
+def generate_glyphs(num_classes=3000, instances=20, seed=0, image_size=28, batch=256):
     """Generates the glyphs data set.
 
     Args:
@@ -186,7 +186,11 @@ def generate_glyphs(num_classes=3000, instances=20, seed=0, image_size=28, batch
       instances: renderings ("drawers") per character.
       seed: generation seed; the same arguments always give the same arrays.
       image_size: output height and width.
-      batch: images rendered per vectorised call (bounds memory).
+      batch: images rendered per vectorised call (bounds memory; the images do
+        not depend on it). 256 was faster than 4096 at every size tried, with a
+        fraction of the memory: the default set (60,000 images) at 28 px in
+        0.94 against 1.02-1.10 s, peak 78 against 227 MB; at 56 px 1.7 against
+        3.7-3.9 s, 224 against 553 MB (`tracemalloc`).
 
     Returns:
       uint8 [num_classes, instances, image_size, image_size, 1], strokes bright.
