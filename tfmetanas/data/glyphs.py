@@ -21,7 +21,7 @@ Omniglot). Default set: 3000 classes x 20 instances at 28x28, split by class
 into train/val/test = the first 2000 / next 400 / last 600 classes. Config
 keys (`data.glyphs.*`, all optional): num_classes (3000), instances (20),
 seed (0), train_classes (2000), val_classes (400); test gets the rest.
-Generating the default set takes about two seconds; arrays are memoised per
+Generating the default set takes about a second; arrays are memoised per
 process and cached on disk like Omniglot.
 """
 
