@@ -120,7 +120,8 @@ _RENDER = flags.DEFINE_string(
 _MEASURED = flags.DEFINE_string(
     "measured_reference", None,
     "With --render: JSON lines of reference runs measured on this machine (row, order, "
-    "median_ms, min_ms, max_ms, peak_rss_mb); prints the like-for-like table instead.")
+    "median_ms, min_ms, max_ms, peak_rss_mb); prints the like-for-like table instead. "
+    "Repeated runs of a row pair with ours in file order (interleaved pairs).")
 _PROFILE = flags.DEFINE_string(
     "profile_dir",
     None,
@@ -701,8 +702,8 @@ def render_table(doc):
 
 
 def load_measured_reference(path):
-    """``{(row, order): run}`` from JSON lines of reference runs timed on this machine."""
-    runs = {}
+    """``{(row, order): [runs]}`` (file order) from JSON lines of reference runs timed here."""
+    runs = collections.defaultdict(list)
     for number, line in enumerate(_read_text(path, "measured_reference").splitlines(), 1):
         if not line.strip():
             continue
@@ -717,29 +718,32 @@ def load_measured_reference(path):
             raise _error(f"{path}:{number}: not a reference run ({e!r}); each line needs "
                          "row, order, and positive numbers median_ms, min_ms, max_ms and "
                          "peak_rss_mb.") from e
-        if key in runs:
-            raise _error(f"{path}:{number}: a second run of {key}.")
-        runs[key] = run
-    return runs
+        runs[key].append(run)
+    return dict(runs)
 
 
 def render_like_for_like(doc, measured):
     """Markdown table of our rows against the reference code timed on this machine.
 
     Rows of `doc` (as `render_table`) matched to `measured` by row name and
-    order; the issue's figure is shown beside the one measured here. Measured
-    runs that match no row (a misspelt name) are listed on stderr.
+    order; the issue's figure is shown beside the one measured here. Repeated
+    runs of a row are paired in file order, as interleaved pairs are measured:
+    our k-th run with the reference's k-th, or with its last when it has fewer.
+    Measured runs that match no row (a misspelt name) or pair with no run of
+    ours are listed on stderr.
     """
     lines = [
         "| reference run | order | reference here: median (min-max) | ours: median (min-max) "
         "| speedup, same machine | peak RSS: ref here / ours | issue's figure: time, peak RSS |",
         "|---|---|---|---|---|---|---|",
     ]
-    matched = set()
+    seen = collections.Counter()
     for r in doc["results"]:
         name = _row_name(r)
-        matched.add((name, r["order"]))
-        ref = measured.get((name, r["order"]))
+        key = (name, r["order"])
+        refs = measured.get(key, [])
+        ref = refs[min(seen[key], len(refs) - 1)] if refs else None
+        seen[key] += 1
         there = (f"{_fmt(r.get('reference_ms'), '{:,.0f} ms')}, "
                  f"{_fmt(r.get('reference_peak_rss_mb'), '{:,.0f} MB')}")
         if r.get("failed"):
@@ -755,9 +759,13 @@ def render_like_for_like(doc, measured):
             ref_rss = f"{ref['peak_rss_mb']:,.0f}"
         lines.append(f"| {name} | {r['order']} | {here} | {ours} | {speedup} "
                      f"| {ref_rss} / {ours_rss} MB | {there} |")
-    for row, order in sorted(set(measured) - matched):
-        print(f"Measured reference run matching no row of ours: {row!r}, {order} order.",
-              file=sys.stderr)
+    for (row, order), refs in sorted(measured.items()):
+        if not seen[(row, order)]:
+            print(f"Measured reference run matching no row of ours: {row!r}, {order} order.",
+                  file=sys.stderr)
+        elif len(refs) > seen[(row, order)]:
+            print(f"{len(refs) - seen[(row, order)]} measured reference run(s) of {row!r}, "
+                  f"{order} order, paired with no run of ours.", file=sys.stderr)
     return "\n".join(lines)
 
 

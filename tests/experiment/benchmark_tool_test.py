@@ -259,10 +259,39 @@ def test_render_against_a_reference_measured_here(tmp_path):
     proc = subprocess.run([sys.executable, TOOL, f"--render={corrupt}"], env=_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "neither a JSON document nor JSON lines" in proc.stderr
-    twice = tmp_path / "twice.jsonl"
-    twice.write_text(measured.read_text().splitlines(keepends=True)[0] * 2)
-    proc = render(twice)
-    assert proc.returncode != 0 and "a second run of" in proc.stderr
+
+
+def test_render_pairs_repeated_reference_runs_with_ours_in_file_order(tmp_path):
+    """Interleaved pairs: our k-th run of a row against the reference's k-th run of it,
+    or its last when it has fewer; reference runs left over are reported."""
+    row = "METANAS Omniglot 20-way 1-shot meta-test, one task"
+
+    def ours_run(ms):
+        return {"row": row, "order": "first", "reference_ms": 73700.0,
+                "reference_peak_rss_mb": 825.0, "ms_median": ms, "ms_min": ms, "ms_max": ms,
+                "peak_rss_mb": 1150.0}
+
+    def ref_run(ms):
+        return {"row": row, "order": "first", "median_ms": ms, "min_ms": ms, "max_ms": ms,
+                "peak_rss_mb": 820.0}
+
+    def render(ours_ms, ref_ms):
+        results, measured = tmp_path / "ours.jsonl", tmp_path / "reference.jsonl"
+        results.write_text("".join(json.dumps(ours_run(m)) + "\n" for m in ours_ms))
+        measured.write_text("".join(json.dumps(ref_run(m)) + "\n" for m in ref_ms))
+        proc = subprocess.run(
+            [sys.executable, TOOL, f"--render={results}", f"--measured_reference={measured}"],
+            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        speedups = [line.split("|")[5].strip() for line in proc.stdout.strip().splitlines()[2:]]
+        return speedups, "paired with no run of ours" in proc.stderr, proc.stderr
+
+    assert render([20000.0, 10000.0], [60000.0, 40000.0])[:2] == (["**3.00x**", "**4.00x**"],
+                                                                   False)
+    assert render([20000.0, 10000.0], [60000.0])[:2] == (["**3.00x**", "**6.00x**"], False)
+    speedups, left_over, stderr = render([20000.0], [60000.0, 40000.0, 30000.0])
+    assert speedups == ["**3.00x**"] and left_over
+    assert f"2 measured reference run(s) of {row!r}, first order, paired" in stderr
 
 
 def test_a_failed_setting_is_recorded_and_fails_the_run(tmp_path):
