@@ -241,6 +241,31 @@ def test_supervised_arrays_come_from_the_data_layer():
         supervised_data.load_class_arrays({**config, "num_classes": 99}, seed=3)
 
 
+
+def test_supervised_arrays_keep_uint8_training_images_and_serve_their_float_values():
+    from tfmetanas.nas import supervised_data
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 5, 4, 4, 1), np.uint8)
+    data = supervised_data.SupervisedArrays(images, val_per_class=2, seed=1)
+    expected = images[:, :3].reshape(-1, 4, 4, 1).astype(np.float64) / 255.0
+    assert data.train_images.dtype == np.float32
+    np.testing.assert_array_equal(data.train_images, expected.astype(np.float32))
+    np.testing.assert_array_equal(data.val_images,
+                                  (images[:, 3:].reshape(-1, 4, 4, 1) / 255.0).astype(np.float32))
+    # Batches are the float values of the sampled uint8 images, the same every time.
+    for step in range(3):
+        x, y = data.batch(step, 7)
+        assert x.dtype == np.float32 and x.shape == (7, 4, 4, 1)
+        rows = [np.flatnonzero((data.train_images == im).all(axis=(1, 2, 3)))[0] for im in x]
+        np.testing.assert_array_equal(data.train_labels[rows], y)
+        np.testing.assert_array_equal(data.batch(step, 7)[0], x)
+    # Held at one byte a pixel: the float32 copy is made per batch, not kept.
+    assert sum(a.nbytes for a in vars(data).values() if isinstance(a, np.ndarray)
+               and a.ndim == 4 and a.dtype != np.float32) == images[:, :3].size
+    float_bytes = sum(a.nbytes for a in vars(data).values()
+                      if isinstance(a, np.ndarray) and a.dtype == np.float32)
+    assert float_bytes == data.val_images.nbytes
+
 def test_task_streams_skip_the_rewrites_that_copy_the_images():
     """tf.data's default rewrites serialise the pipeline, turning the captured image
     tensor into a second copy of the image set (base.dataset_options); every task

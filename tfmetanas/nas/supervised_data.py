@@ -23,7 +23,10 @@ class SupervisedArrays:
       seed: batch sampling seed.
 
     Attributes:
-      train_images, val_images: float32 [N, H, W, C] in [0, 1].
+      train_images, val_images: float32 [N, H, W, C] in [0, 1]. The training
+        images are kept in the input's dtype (uint8: a quarter of float32's
+        memory) and converted per batch, or as a whole when the attribute is
+        read; the values are the same either way.
       train_labels, val_labels: int32 [N].
     """
 
@@ -42,11 +45,19 @@ class SupervisedArrays:
         labels = np.repeat(np.arange(classes, dtype=np.int32)[:, None], per_class, axis=1)
         self.num_classes = int(classes)
         self.image_shape = tuple(int(d) for d in images.shape[2:])
-        self.train_images = (images[:, :n_train].reshape((-1,) + self.image_shape) * scale).astype(np.float32)
-        self.val_images = (images[:, n_train:].reshape((-1,) + self.image_shape) * scale).astype(np.float32)
+        self._scale = scale
+        self._train = images[:, :n_train].reshape((-1,) + self.image_shape)
+        self.val_images = self._to_float(images[:, n_train:].reshape((-1,) + self.image_shape))
         self.train_labels = labels[:, :n_train].reshape(-1)
         self.val_labels = labels[:, n_train:].reshape(-1)
         self.seed = int(seed)
+
+    def _to_float(self, images):
+        return (images * self._scale).astype(np.float32)
+
+    @property
+    def train_images(self):
+        return self._to_float(self._train)
 
     def batch(self, step, batch_size, stream=0):
         """Training batch `step`: ``(images, labels)``, sampled without replacement.
@@ -56,7 +67,7 @@ class SupervisedArrays:
         rng = np.random.default_rng([self.seed, int(stream), int(step)])
         index = rng.choice(len(self.train_labels), size=min(batch_size, len(self.train_labels)),
                            replace=False)
-        return self.train_images[index], self.train_labels[index]
+        return self._to_float(self._train[index]), self.train_labels[index]
 
     def calibration_batches(self, num_batches, batch_size):
         """Fixed training batches for BN recalibration (independent of `step`)."""
