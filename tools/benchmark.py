@@ -121,7 +121,8 @@ _MEASURED = flags.DEFINE_string(
     "measured_reference", None,
     "With --render: JSON lines of reference runs measured on this machine (row, order, "
     "median_ms, min_ms, max_ms, peak_rss_mb); prints the like-for-like table instead. "
-    "Repeated runs of a row pair with ours in file order (interleaved pairs).")
+    "Repeated runs of a row pair with ours in file order (interleaved pairs): our k-th with "
+    "the reference's k-th, or its last when it has fewer.")
 _PROFILE = flags.DEFINE_string(
     "profile_dir",
     None,
@@ -728,7 +729,8 @@ def render_like_for_like(doc, measured):
     Rows of `doc` (as `render_table`) matched to `measured` by row name and
     order; the issue's figure is shown beside the one measured here. Repeated
     runs of a row are paired in file order, as interleaved pairs are measured:
-    our k-th run with the reference's k-th, or with its last when it has fewer.
+    our k-th run with the reference's k-th, or with its last when it has fewer
+    (a failed run of ours takes its turn too).
     Measured runs that match no row (a misspelt name) or pair with no run of
     ours are listed on stderr.
     """
@@ -766,6 +768,9 @@ def render_like_for_like(doc, measured):
         elif len(refs) > seen[(row, order)]:
             print(f"{len(refs) - seen[(row, order)]} measured reference run(s) of {row!r}, "
                   f"{order} order, paired with no run of ours.", file=sys.stderr)
+        elif len(refs) < seen[(row, order)]:
+            print(f"{seen[(row, order)] - len(refs)} run(s) of ours of {row!r}, {order} order, "
+                  "paired with the reference's last run.", file=sys.stderr)
     return "\n".join(lines)
 
 
