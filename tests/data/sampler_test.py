@@ -245,7 +245,6 @@ def test_supervised_arrays_come_from_the_data_layer():
         supervised_data.load_class_arrays({**config, "num_classes": 99}, seed=3)
 
 
-
 def test_supervised_arrays_keep_uint8_training_images_and_serve_their_float_values():
     from tfmetanas.nas import supervised_data
 
@@ -269,6 +268,7 @@ def test_supervised_arrays_keep_uint8_training_images_and_serve_their_float_valu
     float_bytes = sum(a.nbytes for a in vars(data).values()
                       if isinstance(a, np.ndarray) and a.dtype == np.float32)
     assert float_bytes == data.val_images.nbytes
+
 
 def test_task_streams_skip_the_rewrites_that_copy_the_images():
     """tf.data's default rewrites serialise the pipeline, turning the captured image
