@@ -98,7 +98,7 @@ def _evaluator(config, data, model):
     r = config.search.rank
     return sn.SubmodelEvaluator(
         model, data.calibration_batches(r.calibration_batches, r.calibration_batch_size),
-        data.val_images, data.val_labels, batch_size=r.eval_batch_size)
+        data.val_pixels, data.val_labels, batch_size=r.eval_batch_size)
 
 
 def train(config, workdir, data, model, trainer, chief=True, save_dir=None):

@@ -109,8 +109,9 @@ def run_one(data, strategy, seed):
     training = _BN.value == "batch"
     t_min = _T_MIN.value
     kept = model.genotype(temperature=t_min, threshold=model.hard_threshold)
-    before = _accuracy(model, data.val_images, data.val_labels, training, temperature=t_min)
-    after = _accuracy(model, data.val_images, data.val_labels, training, temperature=t_min,
+    val_images = data.val_images  # converted from the kept uint8 pixels once
+    before = _accuracy(model, val_images, data.val_labels, training, temperature=t_min)
+    after = _accuracy(model, val_images, data.val_labels, training, temperature=t_min,
                       hard_prune=True)
     return {
         "strategy": strategy,

@@ -148,7 +148,7 @@ class StandaloneTrainer:
         r = config.search.rank
         self.evaluator = sn.SubmodelEvaluator(
             self.model, data.calibration_batches(r.calibration_batches, r.calibration_batch_size),
-            data.val_images, data.val_labels, batch_size=r.eval_batch_size)
+            data.val_pixels, data.val_labels, batch_size=r.eval_batch_size)
 
         self._step = sn.fixed_arch_train_step(fm, rule)
 

@@ -48,7 +48,7 @@ def train_standalone(config, data, arch, seed, steps, learning_rate):
     for step in range(steps):
         images, labels = data.batch(step + 1000 * seed, int(config.train.batch_size))
         _, rule_state = step_fn(tf.constant(step), images, labels, arch_t, rule_state)
-    evaluator = sn.SubmodelEvaluator(model, [], data.val_images, data.val_labels)
+    evaluator = sn.SubmodelEvaluator(model, [], data.val_pixels, data.val_labels)
     return evaluator.score(arch)[0]  # running BN statistics of the standalone run
 
 

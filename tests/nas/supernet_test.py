@@ -67,6 +67,22 @@ def test_score_is_the_sub_models_validation_accuracy_and_loss():
     assert accuracy == np.mean(np.argmax(logits.numpy(), -1) == labels)
 
 
+def test_uint8_validation_images_are_kept_as_they_are_and_score_as_their_float_values():
+    from tfmetanas.nas import supervised_data
+
+    model, _, calib = _setup()
+    pixels = np.random.default_rng(1).integers(0, 256, (10, 8, 8, 3), np.uint8)
+    labels = np.random.default_rng(2).integers(0, 3, 10).astype(np.int32)
+    kept = sn.SubmodelEvaluator(model, calib, pixels, labels, batch_size=4)
+    assert kept.val_images.dtype == np.uint8 and kept.val_images.nbytes == pixels.nbytes
+    floats = sn.SubmodelEvaluator(model, calib, supervised_data.to_float(pixels), labels,
+                                  batch_size=4)
+    np.testing.assert_array_equal(supervised_data.to_float(pixels),
+                                  (pixels / 255.0).astype(np.float32))
+    for arch in [(3, 2, 0, 3, 1, 4), (1,) * 6]:
+        assert kept.evaluate(arch) == floats.evaluate(arch)
+
+
 def test_calibration_images_of_another_size_are_refused():
     model, evaluator, calib = _setup()
     with pytest.raises(errors.DataError, match=r"\(4, 4, 3\).*\(8, 8, 3\)"):

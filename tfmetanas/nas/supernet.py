@@ -33,6 +33,7 @@ import tensorflow as tf
 from tfmetanas import compiled, errors
 from tfmetanas.models import params as params_lib
 from tfmetanas.models.layers import depthwise_conv, pointwise_conv
+from tfmetanas.nas import supervised_data
 
 SELECTIONS = ("switch", "stack")
 
@@ -417,7 +418,9 @@ class SubmodelEvaluator:
     Args:
       model: a `Supernet`.
       calibration_batches: list of image batches (float32 NHWC).
-      val_images, val_labels: validation data.
+      val_images, val_labels: validation data. uint8 images are kept as they
+        are and scaled to [0, 1] per batch (`supervised_data.to_float`): a
+        quarter of the memory of a float32 copy, the same scores.
       batch_size: evaluation batch size.
 
     References: Guo et al., arXiv:1904.00420, Section 3.4; Ha et al., ICLR
@@ -428,7 +431,9 @@ class SubmodelEvaluator:
         self.model = model
         self.fm = params_lib.FunctionalModel(model)
         self.calibration = [tf.convert_to_tensor(b, tf.float32) for b in calibration_batches]
-        self.val_images = np.asarray(val_images, np.float32)
+        self.val_images = np.asarray(val_images)
+        if self.val_images.dtype != np.uint8:
+            self.val_images = supervised_data.to_float(self.val_images)
         for batch in self.calibration:
             if tuple(batch.shape[1:]) != self.val_images.shape[1:]:
                 raise errors.DataError(
@@ -483,7 +488,8 @@ class SubmodelEvaluator:
         total_loss = total_correct = 0.0
         n = len(self.val_labels)
         for start in range(0, n, self.batch_size):
-            loss, correct = self._score(self.val_images[start:start + self.batch_size],
+            images = supervised_data.to_float(self.val_images[start:start + self.batch_size])
+            loss, correct = self._score(images,
                                         self.val_labels[start:start + self.batch_size], arch)
             total_loss += float(loss)
             total_correct += float(correct)

@@ -14,6 +14,15 @@ import numpy as np
 from tfmetanas import errors
 
 
+def to_float(images):
+    """float32 values of `images`: uint8 pixels scaled to [0, 1] (times 1 / 255),
+    any other dtype converted as it is."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return (images * (1.0 / 255.0)).astype(np.float32)
+    return images.astype(np.float32, copy=False)
+
+
 class SupervisedArrays:
     """Train/val split of a ``[classes, per_class, H, W, C]`` uint8 array.
 
@@ -23,10 +32,12 @@ class SupervisedArrays:
       seed: batch sampling seed.
 
     Attributes:
-      train_images, val_images: float32 [N, H, W, C] in [0, 1]. The training
-        images are kept in the input's dtype (uint8: a quarter of float32's
+      train_images, val_images: float32 [N, H, W, C] in [0, 1] (`to_float`).
+        Both are kept in the input's dtype (uint8: a quarter of float32's
         memory) and converted per batch, or as a whole when the attribute is
         read; the values are the same either way.
+      val_pixels: the validation images as kept (uint8 for uint8 input), for
+        consumers that convert per batch (`supernet.SubmodelEvaluator`).
       train_labels, val_labels: int32 [N].
     """
 
@@ -40,24 +51,23 @@ class SupervisedArrays:
                 f"data.val_per_class = {val_per_class} must be in [1, {per_class - 1}]: each class "
                 f"has {per_class} images and needs some for training and for validation."
             )
-        scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
         n_train = per_class - val_per_class
         labels = np.repeat(np.arange(classes, dtype=np.int32)[:, None], per_class, axis=1)
         self.num_classes = int(classes)
         self.image_shape = tuple(int(d) for d in images.shape[2:])
-        self._scale = scale
         self._train = images[:, :n_train].reshape((-1,) + self.image_shape)
-        self.val_images = self._to_float(images[:, n_train:].reshape((-1,) + self.image_shape))
+        self.val_pixels = images[:, n_train:].reshape((-1,) + self.image_shape)
         self.train_labels = labels[:, :n_train].reshape(-1)
         self.val_labels = labels[:, n_train:].reshape(-1)
         self.seed = int(seed)
 
-    def _to_float(self, images):
-        return (images * self._scale).astype(np.float32)
-
     @property
     def train_images(self):
-        return self._to_float(self._train)
+        return to_float(self._train)
+
+    @property
+    def val_images(self):
+        return to_float(self.val_pixels)
 
     def batch(self, step, batch_size, stream=0):
         """Training batch `step`: ``(images, labels)``, sampled without replacement.
@@ -67,7 +77,7 @@ class SupervisedArrays:
         rng = np.random.default_rng([self.seed, int(stream), int(step)])
         index = rng.choice(len(self.train_labels), size=min(batch_size, len(self.train_labels)),
                            replace=False)
-        return self._to_float(self._train[index]), self.train_labels[index]
+        return to_float(self._train[index]), self.train_labels[index]
 
     def calibration_batches(self, num_batches, batch_size):
         """Fixed training batches for BN recalibration (independent of `step`)."""
