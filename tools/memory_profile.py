@@ -13,15 +13,15 @@ printing one JSON line of resident-set sizes (MB, from /proc/self/status:
   before its first step).
 - ``--what=step``: a config's compiled meta-step (``--mode=meta_step``, the
   options of the last training iteration) or meta-test adaptation of one
-  task (``--mode=meta_test``), measured after setup, after tracing, at the
+  task (``--mode=meta_test``; without ``--mode``, the config's ``bench.mode``
+  as `tools/benchmark.py` runs it), measured after setup, after tracing, at the
   first call's peak and after handing freed memory back, and at a second
   call's peak; plus the graph's node count and the peak of TensorFlow's own
   CPU allocator (the step's tensors): where a benchmark row's peak comes from.
 
   python tools/memory_profile.py --what=nodes --nodes=20000
   python tools/memory_profile.py --what=data --config=configs/bench/mamlpp_omniglot_5w1s_mb8.py
-  python tools/memory_profile.py --what=step --mode=meta_test \
-      --config=configs/bench/metanas_omniglot_20w1s_metatest.py
+  python tools/memory_profile.py --what=step --config=configs/bench/metanas_omniglot_20w1s_metatest.py
 """
 
 import ctypes
@@ -36,8 +36,9 @@ _WHAT = flags.DEFINE_enum("what", "nodes", ["nodes", "data", "step"], "Which pro
 _NODES = flags.DEFINE_integer("nodes", 20000, "--what=nodes: links of the op chain.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "--what=data: a training config.")
 _SPLIT = flags.DEFINE_string("split", "train", "--what=data: the split.")
-_MODE = flags.DEFINE_enum("mode", "meta_step", ["meta_step", "meta_test"],
-                          "--what=step: the training step or meta-test adaptation.")
+_MODE = flags.DEFINE_enum("mode", None, ["meta_step", "meta_test"],
+                          "--what=step: the training step or meta-test adaptation (default: the "
+                          "config's bench.mode, as tools/benchmark.py; else meta_step).")
 
 
 def memory_mb():
@@ -124,13 +125,18 @@ def _reset_peak():
         pass
 
 
-def profile_step(config, mode):
-    """Memory of a config's compiled step, phase by phase (see the module docstring)."""
+def profile_step(config, mode=None):
+    """Memory of a config's compiled step, phase by phase (see the module docstring).
+
+    `mode` None takes the config's ``bench.mode`` (a benchmark row's), else
+    ``meta_step``; the output says which ran.
+    """
     import tensorflow as tf
 
     from tfmetanas.experiment import trainer
 
-    out = {"imported": memory_mb()}
+    mode = mode or (config.get("bench") or {}).get("mode", "meta_step")
+    out = {"mode": mode, "imported": memory_mb()}
     split = "test" if mode == "meta_test" else "train"
     experiment = trainer.Experiment(config, splits=(split,))
     fixed = trainer.fixed_batch_step(experiment, mode, max(int(config.train.steps) - 1, 0))

@@ -49,3 +49,23 @@ def test_step_profile_of_the_quickstart_meta_step():
     assert out["first_call"]["hwm"] >= out["traced"]["rss"] - 50
     assert out["second_call"]["hwm"] >= out["first_call_trimmed"]["rss"] - 50
     assert out["first_call_s"] > 0 and out["second_call_s"] > 0
+    assert out["mode"] == "meta_step"
+
+
+def test_step_profile_runs_the_mode_of_the_configs_bench_section(tmp_path):
+    # A benchmark row's config says what one call runs (bench.mode); the profile
+    # runs the same, as tools/benchmark.py does, unless --mode says otherwise.
+    config = tmp_path / "meta_test_row.py"
+    config.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('q', {os.path.join(ROOT, 'configs', 'quickstart.py')!r})\n"
+        "q = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(q)\n"
+        "def get_config():\n"
+        "    config = q.get_config()\n"
+        "    config.bench = {'mode': 'meta_test'}\n"
+        "    return config\n")
+    for extra, mode in (((), "meta_test"), (("--mode=meta_step",), "meta_step")):
+        result = _run("--what=step", f"--config={config}", *extra)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["mode"] == mode
