@@ -13,8 +13,9 @@ printing one JSON line of resident-set sizes (MB, from /proc/self/status:
   before its first step).
 - ``--what=step``: a config's compiled meta-step (``--mode=meta_step``, the
   options of the last training iteration) or meta-test adaptation of one
-  task (``--mode=meta_test``; without ``--mode``, the config's ``bench.mode``
-  as `tools/benchmark.py` runs it), measured after setup, after tracing, at the
+  task (``--mode=meta_test``); without ``--mode`` and ``--phase``, the
+  config's ``bench.mode`` and ``bench.phase``, as `tools/benchmark.py` runs
+  a row (with the config's own derivative order), measured after setup, after tracing, at the
   first call's peak and after handing freed memory back, and at a second
   call's peak; plus the graph's node count and the peak of TensorFlow's own
   CPU allocator (the step's tensors): where a benchmark row's peak comes from.
@@ -39,6 +40,10 @@ _SPLIT = flags.DEFINE_string("split", "train", "--what=data: the split.")
 _MODE = flags.DEFINE_enum("mode", None, ["meta_step", "meta_test"],
                           "--what=step: the training step or meta-test adaptation (default: the "
                           "config's bench.mode, as tools/benchmark.py; else meta_step).")
+_PHASE = flags.DEFINE_enum("phase", None, ["steady", "warmup"],
+                           "--what=step, meta_step: the step options of the last training "
+                           "iteration (steady) or of iteration 0 (warmup; default: the config's "
+                           "bench.phase, as tools/benchmark.py; else steady).")
 
 
 def memory_mb():
@@ -125,21 +130,37 @@ def _reset_peak():
         pass
 
 
-def profile_step(config, mode=None):
+def step_setting(config, mode=None, phase=None):
+    """``(mode, phase)``: the arguments, else the config's ``bench`` section's
+    (a benchmark row's, as `tools/benchmark.py` reads them), else
+    ``("meta_step", "steady")``. The derivative order is the config's own
+    (`tools/benchmark.py --order` is not followed)."""
+    bench = config.get("bench") or {}
+    mode = mode or bench.get("mode") or "meta_step"
+    phase = phase or bench.get("phase") or "steady"
+    if mode not in ("meta_step", "meta_test") or phase not in ("steady", "warmup"):
+        raise app.UsageError(
+            f"bench.mode must be meta_step or meta_test and bench.phase steady or warmup, got "
+            f"{mode!r} and {phase!r}.")
+    return mode, phase
+
+
+def profile_step(config, mode=None, phase=None):
     """Memory of a config's compiled step, phase by phase (see the module docstring).
 
-    `mode` None takes the config's ``bench.mode`` (a benchmark row's), else
-    ``meta_step``; the output says which ran.
+    `mode` and `phase` None take the config's (`step_setting`); the output
+    says which ran.
     """
     import tensorflow as tf
 
     from tfmetanas.experiment import trainer
 
-    mode = mode or (config.get("bench") or {}).get("mode", "meta_step")
-    out = {"mode": mode, "imported": memory_mb()}
+    mode, phase = step_setting(config, mode, phase)
+    out = {"mode": mode, "phase": phase, "imported": memory_mb()}
     split = "test" if mode == "meta_test" else "train"
     experiment = trainer.Experiment(config, splits=(split,))
-    fixed = trainer.fixed_batch_step(experiment, mode, max(int(config.train.steps) - 1, 0))
+    iteration = 0 if phase == "warmup" else max(int(config.train.steps) - 1, 0)
+    fixed = trainer.fixed_batch_step(experiment, mode, iteration)
     step, args = fixed.step, fixed.args
     _trim()
     out["setup"] = memory_mb()
@@ -184,7 +205,7 @@ def main(argv):
         if _WHAT.value == "data":
             result = profile_data(_CONFIG.value, _SPLIT.value)
         else:
-            result = profile_step(_CONFIG.value, _MODE.value)
+            result = profile_step(_CONFIG.value, _MODE.value, _PHASE.value)
     print(json.dumps(result))
 
 

@@ -69,3 +69,21 @@ def test_step_profile_runs_the_mode_of_the_configs_bench_section(tmp_path):
         result = _run("--what=step", f"--config={config}", *extra)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout.strip().splitlines()[-1])["mode"] == mode
+
+
+def test_step_setting_follows_the_bench_section_and_refuses_unknown_values():
+    import importlib.util
+
+    import pytest
+    from absl import app
+
+    spec = importlib.util.spec_from_file_location("memory_profile", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.step_setting({}) == ("meta_step", "steady")
+    assert tool.step_setting({"bench": None}) == ("meta_step", "steady")
+    row = {"bench": {"mode": "meta_step", "phase": "warmup"}}
+    assert tool.step_setting(row) == ("meta_step", "warmup")
+    assert tool.step_setting(row, "meta_test", "steady") == ("meta_test", "steady")
+    with pytest.raises(app.UsageError, match="bench.mode"):
+        tool.step_setting({"bench": {"mode": "meta-test"}})

@@ -82,6 +82,16 @@ def test_the_supernet_starts_from_the_seeds_weights():
     assert any(not np.array_equal(a, b) for a, b in zip(weights[0], other))
 
 
+def test_the_evaluator_keeps_the_validation_images_as_uint8():
+    # The data's uint8 pixels, converted per batch (supernet.SubmodelEvaluator):
+    # not a float32 copy four times their size.
+    config = _config()
+    data, model, _ = search._build(config)
+    evaluator = search._evaluator(config, data, model)
+    assert evaluator.val_images.dtype == np.uint8
+    np.testing.assert_array_equal(evaluator.val_images, data.val_pixels)
+
+
 def test_a_new_process_restores_every_trained_variable(tmp_path):
     # The rank and search stages (and a resumed run) rebuild the supernet and
     # restore the checkpoint: every weight and BN statistic must come back.

@@ -16,7 +16,8 @@ from tfmetanas import errors
 
 def to_float(images):
     """float32 values of `images`: uint8 pixels scaled to [0, 1] (times 1 / 255),
-    any other dtype converted as it is."""
+    any other dtype converted as it is (float32 input is returned itself, not
+    copied)."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return (images * (1.0 / 255.0)).astype(np.float32)
