@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfmetanas import compiled, errors, memory
+from tfmetanas import cli, compiled, errors, memory
 from tfmetanas.experiment import distribute
 from tfmetanas.experiment import workdir as workdir_lib
 from tfmetanas.meta import sumnas
@@ -258,8 +258,11 @@ def search(config, workdir, stages=STAGES):
     compiled.configure_graph_optimizer(config.train)  # Refuses bad names before the workdir.
     strategy = distribute.make_strategy(config)
     chief = distribute.is_chief(strategy)
-    workdir_lib.prepare_workdir(workdir, config, write=chief)
+    # Checked now, written once the data and the supernet are built: a run
+    # that fails before that leaves the workdir as it was.
+    workdir_lib.prepare_workdir(workdir, config, write=False)
     data, model, trainer = _build(config, strategy)
+    workdir_lib.prepare_workdir(workdir, config, write=chief)
     results = {}
     scratch = distribute.WorkerScratch(strategy)
     try:
@@ -280,8 +283,14 @@ def search(config, workdir, stages=STAGES):
 
 
 def main(argv):
-    del argv
-    search(_FLAGS.config, _FLAGS.workdir, [s for s in _FLAGS.stages.split(",") if s])
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    stages = [s for s in _FLAGS.stages.split(",") if s]
+    if not stages:
+        raise app.UsageError(f"--stages names no stage; use some of {','.join(STAGES)}.")
+    cli.run_main("tfmetanas-search", search, _FLAGS.config, _FLAGS.workdir, stages)
 
 
 def run():

@@ -217,3 +217,87 @@ def test_train_on_tfds_omniglot_offline(tmp_path, monkeypatch):
     finally:
         omniglot._tfds_load.cache_clear()
     assert 0.0 <= summary["accuracy_mean"] <= 100.0
+
+
+def test_a_failed_run_leaves_the_workdir_as_it_was(tmp_path):
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(steps=1), workdir)
+    path = os.path.join(workdir, "config.json")
+    before = open(path).read()
+    # A resumable key with a value refused once the run is set up: config.json is
+    # not rewritten with it.
+    bad = tiny_config(steps=2, **{"meta.parallel_tasks": 0})
+    with pytest.raises(errors.TFMetaNASError):
+        trainer.train(bad, workdir)
+    assert open(path).read() == before
+    # Without config.json, a checkpoint of another model is refused, and nothing is written.
+    os.remove(path)
+    with pytest.raises(errors.CheckpointError, match="could not be restored"):
+        trainer.train(tiny_config(steps=2, **{"model.filters": 8}), workdir)
+    assert not os.path.exists(path)
+    # A new workdir whose run fails is not created.
+    with pytest.raises(errors.TFMetaNASError):
+        trainer.train(bad, str(tmp_path / "new"))
+    assert not os.path.exists(tmp_path / "new")
+
+
+def test_corrupt_workdir_files_are_clear_errors(tmp_path):
+    from tfmetanas.experiment import workdir as workdir_lib
+
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(steps=1), workdir)
+    path = os.path.join(workdir, "config.json")
+    good = open(path).read()
+    for text in (good[: len(good) // 2], "[1]", '{"train": {}}'):
+        with open(path, "w") as f:
+            f.write(text)
+        with pytest.raises(errors.CheckpointError, match="config.json"):
+            workdir_lib.load_config(workdir)
+        with pytest.raises(errors.CheckpointError, match="config.json"):
+            trainer.train(tiny_config(steps=2), workdir)
+    with open(path, "w") as f:
+        f.write(good)
+    # An empty checkpoint state file.
+    open(os.path.join(workdir, "checkpoints", "checkpoint"), "w").close()
+    with pytest.raises(errors.CheckpointError, match="state file"):
+        evaluate.evaluate_workdir(workdir, checkpoint="latest")
+
+
+def test_a_key_added_since_the_run_does_not_block_resuming(tmp_path):
+    from tfmetanas.experiment import workdir as workdir_lib
+
+    workdir = str(tmp_path / "run")
+    trainer.train(tiny_config(steps=1), workdir)
+    path = os.path.join(workdir, "config.json")
+    old = json.load(open(path))
+    del old["data"]["split_scheme"]  # as written by a version without the key
+    json.dump(old, open(path, "w"))
+    workdir_lib.prepare_workdir(workdir, tiny_config(steps=2), write=False)
+    with pytest.raises(errors.CheckpointError, match="model.filters"):
+        workdir_lib.prepare_workdir(workdir, tiny_config(steps=2, **{"model.filters": 8}),
+                                    write=False)
+
+
+def test_evaluate_refuses_bad_counts(tmp_path):
+    from tfmetanas.experiment import ensemble
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config(steps=2)
+    config.train.eval_every = 1
+    trainer.train(config, workdir)
+    for k in (0, -1):
+        with pytest.raises(errors.ConfigError, match="--k"):
+            ensemble.evaluate_ensemble(workdir, num_tasks=2, k=k)
+    with pytest.raises(errors.ConfigError, match="--num_tasks"):
+        evaluate.evaluate_workdir(workdir, num_tasks=0)
+
+
+def test_search_cli_errors_are_one_line(tmp_path):
+    run = _cli("tfmetanas.search", "--config=configs/nb201/spos.py", f"--workdir={tmp_path / 'w'}",
+               "--config.train.strategy=foo")
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "tfmetanas-search: error:" in run.stderr and "Traceback" not in run.stderr
+    run = _cli("tfmetanas.search", "--config=configs/nb201/spos.py", f"--workdir={tmp_path / 'w'}",
+               "--stages=")
+    assert run.returncode != 0 and "--stages" in run.stderr
+    assert not os.path.exists(tmp_path / "w")

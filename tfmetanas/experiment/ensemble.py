@@ -18,10 +18,13 @@ import tensorflow as tf
 from tfmetanas import compiled, errors
 from tfmetanas.experiment import evaluation, trainer
 from tfmetanas.experiment import workdir as workdir_lib
+from tfmetanas.experiment.evaluate import checked_num_tasks
 
 
 def best_checkpoints(workdir, k=None):
     """Paths of the kept best-by-validation checkpoints (newest last), at most `k`."""
+    if k is not None and int(k) < 1:
+        raise errors.ConfigError(f"--k must be >= 1, got {k}.")
     directory = workdir_lib.checkpoint_dir(workdir, "best")
     state = tf.train.get_checkpoint_state(directory)
     paths = list(state.all_model_checkpoint_paths) if state else []
@@ -31,7 +34,7 @@ def best_checkpoints(workdir, k=None):
             "(train.eval_every > 0 or the final validation) first."
         )
     paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
-    return paths[-int(k):] if k else paths
+    return paths[-int(k):] if k is not None else paths
 
 
 class EnsemblePredictor:
@@ -131,9 +134,7 @@ def evaluate_ensemble(workdir, split="test", num_tasks=None, k=None, steps=None,
             if int(steps) < 1:
                 raise errors.ConfigError(f"--steps must be >= 1, got {steps}.")
             config.inner.eval_steps = int(steps)
-    num_tasks = int(num_tasks or config.eval.num_tasks)
-    if num_tasks < 1:
-        raise errors.ConfigError(f"--num_tasks must be >= 1, got {num_tasks}.")
+    num_tasks = checked_num_tasks(num_tasks, config)
     exp = trainer.Experiment(config, splits=(split,))
 
     def restore(path):

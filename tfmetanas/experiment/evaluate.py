@@ -7,6 +7,18 @@ from tfmetanas.experiment import evaluation, trainer
 from tfmetanas.experiment import workdir as workdir_lib
 
 
+def checked_num_tasks(num_tasks, config):
+    """`num_tasks`, or the run's ``eval.num_tasks`` when None; at least 1."""
+    if num_tasks is not None:
+        if int(num_tasks) < 1:
+            raise errors.ConfigError(f"--num_tasks must be >= 1, got {num_tasks}.")
+        return int(num_tasks)
+    if int(config.eval.num_tasks) < 1:
+        raise errors.ConfigError(
+            f"The run's eval.num_tasks is {config.eval.num_tasks}; pass --num_tasks >= 1.")
+    return int(config.eval.num_tasks)
+
+
 def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", steps=None,
                      data_root=None):
     """Meta-tests the run in `workdir` on `num_tasks` fixed tasks of `split`.
@@ -29,9 +41,7 @@ def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", s
             if int(steps) < 1:
                 raise errors.ConfigError(f"--steps must be >= 1, got {steps}.")
             config.inner.eval_steps = int(steps)
-    num_tasks = int(num_tasks or config.eval.num_tasks)
-    if num_tasks < 1:
-        raise errors.ConfigError(f"--num_tasks must be >= 1, got {num_tasks}.")
+    num_tasks = checked_num_tasks(num_tasks, config)
     exp = trainer.Experiment(config, splits=(split,))
     path = workdir_lib.restore(workdir, exp.checkpoint, checkpoint)
     evaluator = evaluation.Evaluator(exp.algorithm, exp.kind,

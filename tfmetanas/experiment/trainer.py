@@ -159,7 +159,9 @@ def run(config, workdir):
     strategy = distribute.make_strategy(config)
     validate(config, strategy)
     chief = distribute.is_chief(strategy)
-    workdir_lib.prepare_workdir(workdir, config, write=chief)
+    # Checked now, written once the data is built and the checkpoint restored:
+    # a run that fails before that leaves the workdir as it was.
+    workdir_lib.prepare_workdir(workdir, config, write=False)
     scratch = distribute.WorkerScratch(strategy)
     try:
         return _train(config, workdir, strategy, chief, scratch)
@@ -188,6 +190,7 @@ def _train(config, workdir, strategy, chief, scratch):
     if workdir_lib.has_checkpoint(workdir):
         path = workdir_lib.restore(workdir, exp.checkpoint, "latest")
         logging.info("Resumed from %s at step %d.", path, int(exp.step.numpy()))
+    workdir_lib.prepare_workdir(workdir, config, write=chief)
     start = int(exp.step.numpy())
     writers = workdir_lib.summary_writers(workdir) if chief else {"train": None, "eval": None}
 

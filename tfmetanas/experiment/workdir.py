@@ -92,11 +92,12 @@ def prepare_workdir(workdir, config, write=True):
     path = os.path.join(workdir, "config.json")
     new = config_to_dict(config)
     if os.path.exists(path) and has_checkpoint(workdir):
-        with open(path) as f:
-            old = json.load(f)
-        a, b = _flatten(old), _flatten(new)
+        a, b = _flatten(_read_config(path)), _flatten(new)
+        # A key the old run's config lacks was added to the package since: the
+        # run is resumable with it (its default), not "another config".
         diff = sorted(
-            k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS
+            k for k in set(a) | set(b)
+            if k in a and a.get(k) != b.get(k) and k not in RESUMABLE_KEYS
         )
         if diff:
             details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:10])
@@ -119,16 +120,42 @@ def load_config(workdir):
             f"{workdir} is not a tfmetanas workdir: no config.json. Train first with "
             f"`tfmetanas-train --config=... --workdir={workdir}`."
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_read_config(path))
+
+
+def _read_config(path):
+    """The dict in a workdir's `config.json`; CheckpointError if it is not one."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise errors.CheckpointError(
+            f"{path} is unreadable or corrupt ({e.__class__.__name__}: {e}); restore it, or "
+            "use a new --workdir.") from e
+    if not isinstance(config, dict) or not all(
+            isinstance(config.get(k), dict) for k in ("train", "data", "model")):
+        raise errors.CheckpointError(
+            f"{path} does not hold a tfmetanas config (a dict with train, data and model "
+            "sections); restore it, or use a new --workdir.")
+    return config
 
 
 def checkpoint_dir(workdir, which="latest"):
     return os.path.join(workdir, "checkpoints", "best" if which == "best" else "")
 
 
+def _latest(directory):
+    """`tf.train.latest_checkpoint`, with a corrupt state file as a CheckpointError."""
+    try:
+        return tf.train.latest_checkpoint(directory)
+    except (ValueError, tf.errors.OpError) as e:
+        raise errors.CheckpointError(
+            f"The checkpoint state file in {directory} is corrupt ({e.__class__.__name__}); "
+            "restore it, or use a new --workdir.") from e
+
+
 def has_checkpoint(workdir):
-    return tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")) is not None
+    return _latest(os.path.join(workdir, "checkpoints")) is not None
 
 
 def checkpoint_manager(workdir, checkpoint, which="latest", max_to_keep=3):
@@ -142,19 +169,20 @@ def restore(workdir, checkpoint, which="latest"):
     """Restores `checkpoint` from the workdir; returns the path used."""
     if which not in ("latest", "best"):
         raise errors.ConfigError(f"--checkpoint must be 'best' or 'latest', not {which!r}.")
-    path = tf.train.latest_checkpoint(checkpoint_dir(workdir, which))
+    path = _latest(checkpoint_dir(workdir, which))
     if path is None and which == "best":
-        path = tf.train.latest_checkpoint(checkpoint_dir(workdir, "latest"))
+        path = _latest(checkpoint_dir(workdir, "latest"))
     if path is None:
         raise errors.CheckpointError(
             f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first, or check --workdir."
         )
     try:
         checkpoint.restore(path).expect_partial()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+        first_line = (str(e).splitlines() or [""])[0][:300]
         raise errors.CheckpointError(
-            f"The checkpoint {path} does not fit this config's model ({e.__class__.__name__}: "
-            f"{str(e).splitlines()[0][:300]})."
+            f"The checkpoint {path} could not be restored: it is corrupt, or does not fit this "
+            f"config's model ({e.__class__.__name__}: {first_line})."
         ) from e
     return path
 
