@@ -406,3 +406,13 @@ def test_cli(runs, tmp_path):
     run = _cli(*flags)
     assert run.returncode == 2
     assert "tfmetanas-export: error:" in run.stderr and "already exists" in run.stderr
+
+
+def test_an_empty_export_dir_is_refused(tmp_path, monkeypatch):
+    # os.path.abspath("") is the current directory, which --overwrite would replace.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "marker.txt").write_text("keep")
+    for empty in ("", "  "):
+        with pytest.raises(errors.ExportError, match="empty"):
+            export_lib.check_export_dir(empty, overwrite=True)
+    assert (tmp_path / "marker.txt").read_text() == "keep"

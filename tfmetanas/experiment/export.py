@@ -482,6 +482,9 @@ def check_export_dir(export_dir, overwrite=False, workdir=None):
       ExportError: `export_dir` exists and not `overwrite`, or it is (or holds)
         the workdir, which overwriting would destroy.
     """
+    if not str(export_dir or "").strip():
+        # os.path.abspath("") is the current directory, which --overwrite would replace.
+        raise errors.ExportError("--export_dir is empty; name the SavedModel directory to create.")
     out = os.path.abspath(export_dir)
     if workdir is not None:
         wd = os.path.abspath(workdir)
