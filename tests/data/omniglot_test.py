@@ -231,3 +231,20 @@ def test_real_vinyals_split(omniglot_real):
     )
     counts = [get_task_source(mamlpp, s, 0).num_classes for s in ("train", "val", "test")]
     assert counts == [1150, 50, 423]
+
+
+def test_a_corrupt_archive_member_is_a_data_error(tmp_path):
+    import zipfile
+
+    folder = fakes.make_omniglot_tree(tmp_path, zipped=True)
+    path = os.path.join(folder, "images_background.zip")
+    with zipfile.ZipFile(path) as z:
+        info = [i for i in z.infolist() if i.filename.endswith(".png")][-1]
+    # Flip bytes inside the last PNG's stored data: the archive opens, the member does not read.
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 30 + len(info.filename) + len(info.extra) + 8)
+        chunk = f.read(16)
+        f.seek(-16, 1)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    with pytest.raises(errors.DataError, match="corrupt.*Download it again"):
+        omniglot.load_omniglot_set(folder, "images_background", 14)

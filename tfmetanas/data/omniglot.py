@@ -41,9 +41,11 @@ classes (4x classes), as in MAML and MAML++. Optional
 """
 
 import functools
+import io
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -93,8 +95,14 @@ def _list_members(path):
             for member in archive.namelist():
                 m = _PNG.search(member)
                 if m:
-                    with archive.open(member) as f:
-                        yield m.group(1), m.group(2), m.group(3), f, f"{path}:{member}"
+                    try:
+                        data = archive.read(member)
+                    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+                        raise errors.DataError(
+                            f"Omniglot archive {path} is corrupt: cannot read {member} ({e}). "
+                            f"Download it again from {DOWNLOAD_URL}."
+                        ) from e
+                    yield m.group(1), m.group(2), m.group(3), io.BytesIO(data), f"{path}:{member}"
         return
     for alphabet in sorted(os.listdir(path)):
         alpha_dir = os.path.join(path, alphabet)
