@@ -77,7 +77,8 @@ PHASES = ("steady", "warmup")
 MODES = ("meta_step", "meta_test")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A training config.", lock_config=True)
-_BATCH = flags.DEFINE_integer("meta_batch_size", None, "Override meta.meta_batch_size.")
+_BATCH = flags.DEFINE_integer("meta_batch_size", None, "Override meta.meta_batch_size.",
+                              lower_bound=1)
 _JIT = flags.DEFINE_list(
     "jit",
     None,
@@ -98,11 +99,11 @@ _PHASE = flags.DEFINE_enum(
 _MODE = flags.DEFINE_enum(
     "mode", None, MODES, "What one timed call runs (default: the bench section's, else meta_step)."
 )
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after the first call.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after the first call.", lower_bound=0)
 _FLOPS = flags.DEFINE_boolean("flops", True, "Count the FLOPs of the traced step.")
 _ROOFLINE = flags.DEFINE_integer(
-    "roofline_size", 2048, "Side of the roofline's square matmul (0: skip)."
+    "roofline_size", 2048, "Side of the roofline's square matmul (0: skip).", lower_bound=0
 )
 _OUT = flags.DEFINE_string("out", None, "Append JSON lines here (--all_bench: write one JSON).")
 _ALL = flags.DEFINE_boolean("all_bench", False, "Run every configs/bench/*.py row.")
@@ -790,6 +791,12 @@ def main(argv):
         return
     if _CONFIG.value is None:
         raise app.UsageError("Pass --config, --all_bench or --render.")
+    bad_jit = [j for j in _JIT.value or () if str(j).lower() not in ("true", "false")]
+    if bad_jit:
+        raise app.UsageError(f"--jit takes true and/or false, got {bad_jit}.")
+    out_dir = os.path.dirname(os.path.abspath(_OUT.value)) if _OUT.value else None
+    if out_dir and not os.path.isdir(out_dir):
+        raise app.UsageError(f"--out={_OUT.value}: the directory {out_dir} does not exist.")
     config = _CONFIG.value
     if _SINGLE.value:
         result = measure(config, json.loads(_SINGLE.value))

@@ -360,3 +360,21 @@ def test_all_bench_records_failed_rows_and_fails_the_run(tmp_path):
         ("MAML++ Omniglot 5-way 1-shot, meta-batch 8", "second", True),
         ("MAML++ Omniglot 5-way 1-shot, meta-batch 8", "first", True),
     ]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--repeats=0", "repeats"),
+    ("--roofline_size=-5", "roofline_size"),
+    ("--warmup=-1", "warmup"),
+    ("--meta_batch_size=0", "meta_batch_size"),
+    ("--jit=ture", "--jit"),
+    ("--out=/nonexistent_dir_tfmetanas/x.jsonl", "does not exist"),
+])
+def test_bad_flags_are_refused_before_measuring(flag, message):
+    proc = subprocess.run(
+        [sys.executable, TOOL,
+         f"--config={os.path.join(ROOT, 'configs', 'sinusoid', 'maml_5shot.py')}", flag],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and "RESULT" not in proc.stdout
