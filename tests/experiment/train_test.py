@@ -301,3 +301,17 @@ def test_search_cli_errors_are_one_line(tmp_path):
                "--stages=")
     assert run.returncode != 0 and "--stages" in run.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("train.eval_every", -1), ("train.log_every", -1), ("train.checkpoint_every", -1),
+    ("train.keep_best", -1), ("train.time_limit_minutes", -1), ("train.seed", -1),
+    ("inner.steps", 0), ("inner.eval_steps", 0), ("eval.num_tasks", 0),
+    ("eval.num_val_tasks", 0), ("data.image_size", 0), ("model.filters", 0),
+    ("model.downsample", "foo"), ("model.activation", "foo"),
+])
+def test_impossible_values_are_refused_before_the_workdir(tmp_path, key, value):
+    workdir = tmp_path / "run"
+    with pytest.raises(errors.ConfigError, match=key.split(".")[1]):
+        trainer.train(tiny_config(steps=1, **{key: value}), str(workdir))
+    assert not workdir.exists()

@@ -59,6 +59,18 @@ def validate(config, strategy=None):
         raise errors.ConfigError(
             f"meta.meta_batch_size must be >= 1, got {config.meta.meta_batch_size}."
         )
+    # Counts whose 0 means "the default" or "never", and counts that need one.
+    at_least = {"train.eval_every": 0, "train.log_every": 0, "train.checkpoint_every": 0,
+                "train.keep_best": 0, "train.time_limit_minutes": 0, "inner.steps": 1,
+                "inner.eval_steps": 1, "eval.num_tasks": 1, "eval.num_val_tasks": 1,
+                "data.image_size": 1, "model.filters": 1}
+    for key, low in at_least.items():
+        section, name = key.split(".")
+        value = config[section].get(name)
+        if value is not None and float(value) < low:
+            raise errors.ConfigError(f"{key} must be >= {low}, got {value}.")
+    if not 0 <= int(config.train.seed) < 2**32:
+        raise errors.ConfigError(f"train.seed must be in [0, 2**32), got {config.train.seed}.")
     distribute.check_meta_batch(config, strategy or tf.distribute.get_strategy())
 
 

@@ -20,6 +20,7 @@ the task learner can pass it uniformly.
 import keras
 import tensorflow as tf
 
+from tfmetanas import errors
 from tfmetanas.models.layers import MetaBatchNorm
 
 _ACTIVATIONS = {
@@ -65,6 +66,12 @@ class Conv4(keras.Model):
         name="conv4",
         **kwargs,
     ):
+        if downsample not in ("max_pool", "strided"):
+            raise errors.ConfigError(
+                f"model.downsample={downsample!r}; valid: 'max_pool', 'strided'.")
+        if activation not in _ACTIVATIONS:
+            raise errors.ConfigError(
+                f"model.activation={activation!r}; valid: {', '.join(map(repr, _ACTIVATIONS))}.")
         super().__init__(name=name, **kwargs)
         self.downsample = downsample
         self.activation = _ACTIVATIONS[activation]
