@@ -44,7 +44,7 @@ def main(argv):
 
 def run():
     cli.quiet_tensorflow()
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser("tfmetanas-export"))
 
 
 if __name__ == "__main__":

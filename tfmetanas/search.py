@@ -303,7 +303,7 @@ def run():
     flags.DEFINE_string("stages", ",".join(STAGES), "Comma-separated stages: train,rank,search.")
     flags.mark_flags_as_required(["config", "workdir"])
     _FLAGS = flags.FLAGS
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser("tfmetanas-search"))
 
 
 _FLAGS = None

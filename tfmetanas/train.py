@@ -28,7 +28,7 @@ def main(argv):
 
 def run():
     cli.quiet_tensorflow()
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser("tfmetanas-train"))
 
 
 if __name__ == "__main__":

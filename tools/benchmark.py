@@ -831,4 +831,4 @@ if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     from tfmetanas import cli
 
-    app.run(cli.app_main(main))
+    app.run(cli.app_main(main), flags_parser=cli.flags_parser())

@@ -100,4 +100,4 @@ def main(argv):
 if __name__ == "__main__":
     from tfmetanas import cli
 
-    app.run(cli.app_main(main))
+    app.run(cli.app_main(main), flags_parser=cli.flags_parser())

@@ -58,4 +58,4 @@ if __name__ == "__main__":
     flags.mark_flags_as_required(["workdirs", "out"])
     from tfmetanas import cli
 
-    app.run(cli.app_main(main))
+    app.run(cli.app_main(main), flags_parser=cli.flags_parser())

@@ -166,8 +166,12 @@ def test_cli_train_and_evaluate(tmp_path):
 def test_cli_bad_flags_are_clear(tmp_path):
     run = _cli("tfmetanas.train", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
                "--config.inner.stepz=5")
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert "stepz" in run.stderr and "Did you mean" in run.stderr
+    assert "Traceback" not in run.stderr
+    run = _cli("tfmetanas.train", "--config=configs/no_such_config.py", f"--workdir={tmp_path}")
+    assert run.returncode == 2 and "no_such_config.py" in run.stderr
+    assert "Traceback" not in run.stderr
     run = _cli("tfmetanas.train", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
                "--config.meta.algorithm=mamll", "--config.train.steps=1")
     assert run.returncode == 2
