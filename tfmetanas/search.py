@@ -59,8 +59,18 @@ def _check_config(config):
     if t.strategy not in sumnas.STRATEGIES:
         raise errors.ConfigError(f"train.strategy={t.strategy!r}; valid: {sumnas.STRATEGIES}.")
     for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every"):
-        if int(t[key]) < (0 if key == "steps" else 1):
-            raise errors.ConfigError(f"train.{key} = {t[key]} must be positive.")
+        low = 0 if key == "steps" else 1
+        if int(t[key]) < low:
+            raise errors.ConfigError(f"train.{key} = {t[key]} must be >= {low}.")
+    if int(config.data.image_size) < 1:
+        raise errors.ConfigError(f"data.image_size = {config.data.image_size} must be >= 1.")
+    if not 0 <= int(t.seed) < 2**32:
+        raise errors.ConfigError(f"train.seed must be in [0, 2**32), got {t.seed}.")
+    if config.get("search") is not None and config.search.get("method", "evolution") not in (
+            "evolution", "random"):
+        # Refused before the train and rank stages spend their time.
+        raise errors.ConfigError(
+            f"search.method={config.search.method!r}; valid: 'evolution', 'random'.")
     if config.model.space not in SPACES:
         SPACES.get(config.model.space)  # raises with the valid names
 

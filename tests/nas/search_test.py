@@ -122,6 +122,20 @@ def test_bad_config_values(tmp_path):
     config = _config()
     with pytest.raises(errors.ConfigError, match="stages"):
         search.search(config, str(tmp_path / "b"), ["trian"])
+    # Refused before any stage runs, and before the workdir is made.
+    for key, value in (("search.method", "annealing"), ("data.image_size", 0),
+                       ("train.seed", -1)):
+        config = _config()
+        section, name = key.split(".")
+        config[section][name] = value
+        with pytest.raises(errors.ConfigError, match=name):
+            search.search(config, str(tmp_path / "c"), ["train", "rank", "search"])
+        assert not (tmp_path / "c").exists()
+    config = _config()
+    (tmp_path / "file").write_text("")
+    for workdir in ("", str(tmp_path / "file")):
+        with pytest.raises(errors.ConfigError, match="workdir"):
+            search.search(config, workdir, ["train"])
 
 
 def test_a_bad_graph_pass_is_refused_before_the_workdir(tmp_path):

@@ -87,6 +87,10 @@ def prepare_workdir(workdir, config, write=True):
     names the differing keys (resuming with another model would fail deep in
     TensorFlow, or silently train something else).
     """
+    if not str(workdir or "").strip():
+        raise errors.ConfigError("--workdir is empty; name the run directory.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise errors.ConfigError(f"--workdir={workdir} is a file, not a directory.")
     if write:
         os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
