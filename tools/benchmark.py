@@ -655,10 +655,19 @@ def load_results(path):
         doc = json.loads(text)
     except json.JSONDecodeError:
         try:
-            return {"results": [json.loads(line) for line in text.splitlines() if line.strip()]}
+            doc = {"results": [json.loads(line) for line in text.splitlines() if line.strip()]}
         except json.JSONDecodeError as e:
             raise _error(f"--render={path}: neither a JSON document nor JSON lines ({e}).") from e
-    return doc if "results" in doc else {"results": [doc]}
+    doc = doc if isinstance(doc, dict) and "results" in doc else {"results": [doc]}
+    results = doc["results"]
+    needed = ("order", "ms_median", "ms_min", "ms_max", "peak_rss_mb")
+    for i, r in enumerate(results if isinstance(results, list) else [results]):
+        missing = [] if isinstance(r, dict) and r.get("failed") else (
+            [k for k in needed if k not in r] if isinstance(r, dict) else list(needed))
+        if not isinstance(r, dict) or not _row_name(r) or missing:
+            raise _error(f"--render={path}: result {i} is not a benchmark result "
+                         f"(missing {missing or ['row']}).")
+    return doc
 
 
 def _row_name(result):

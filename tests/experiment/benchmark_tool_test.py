@@ -378,3 +378,13 @@ def test_bad_flags_are_refused_before_measuring(flag, message):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr and "RESULT" not in proc.stdout
+
+
+@pytest.mark.parametrize("text", ['{"results": [{"row": "x"}]}', "[1, 2]", '{"row": "x", "order": "first"}'])
+def test_render_refuses_what_is_not_a_benchmark_result(tmp_path, text):
+    path = tmp_path / "not_results.json"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, TOOL, f"--render={path}"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2 and "not a benchmark result" in proc.stderr, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
