@@ -27,7 +27,6 @@ def app_main(main, name=None):
     return functools.partial(run_main, name or os.path.basename(sys.argv[0]), main)
 
 
-
 def _config_error_text(e):
     """One line for a config-loading exception (ml_collections wraps a KeyError
     in an AttributeError whose text is the KeyError's repr)."""
