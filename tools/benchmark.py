@@ -659,15 +659,16 @@ def load_results(path):
         except json.JSONDecodeError as e:
             raise _error(f"--render={path}: neither a JSON document nor JSON lines ({e}).") from e
     doc = doc if isinstance(doc, dict) and "results" in doc else {"results": [doc]}
-    results = doc["results"]
+    results = doc["results"] if isinstance(doc["results"], list) else [doc["results"]]
     needed = ("order", "ms_median", "ms_min", "ms_max", "peak_rss_mb")
-    for i, r in enumerate(results if isinstance(results, list) else [results]):
-        missing = [] if isinstance(r, dict) and r.get("failed") else (
-            [k for k in needed if k not in r] if isinstance(r, dict) else list(needed))
-        if not isinstance(r, dict) or not _row_name(r) or missing:
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not _row_name(r):
+            raise _error(f"--render={path}: result {i} is not a benchmark result (no row).")
+        missing = [] if r.get("failed") else [k for k in needed if k not in r]
+        if missing:
             raise _error(f"--render={path}: result {i} is not a benchmark result "
-                         f"(missing {missing or ['row']}).")
-    return doc
+                         f"(missing {missing}).")
+    return {**doc, "results": results}
 
 
 def _row_name(result):

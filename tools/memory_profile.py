@@ -13,10 +13,10 @@ printing one JSON line of resident-set sizes (MB, from /proc/self/status:
   before its first step).
 - ``--what=step``: a config's compiled meta-step (``--mode=meta_step``, the
   options of the last training iteration) or meta-test adaptation of one
-  task (``--mode=meta_test``); without ``--mode`` and ``--phase``, the
+  task (``--mode=meta_test``; without ``--mode`` and ``--phase``, the
   config's ``bench.mode`` and ``bench.phase``, as `tools/benchmark.py` runs
-  a row (with the config's own derivative order), measured after setup, after tracing, at the
-  first call's peak and after handing freed memory back, and at a second
+  a row, with the config's own derivative order), measured after setup,
+  after tracing, at the first call's peak and after handing freed memory back, and at a second
   call's peak; plus the graph's node count and the peak of TensorFlow's own
   CPU allocator (the step's tensors): where a benchmark row's peak comes from.
 
