@@ -192,6 +192,22 @@ class PhasePeakRss:
             return None
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+    @staticmethod
+    def rss_split_mb():
+        """The current resident set split into anonymous memory (what the process
+        allocated) and file-backed pages (shared libraries, mapped files):
+        ``{"anon": MB, "file": MB}``, or None where /proc does not say."""
+        split = {}
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(("RssAnon:", "RssFile:")):
+                        key = "anon" if line.startswith("RssAnon") else "file"
+                        split[key] = round(int(line.split()[1]) / 1024.0, 1)
+        except OSError:
+            return None
+        return split if len(split) == 2 else None
+
     @classmethod
     def _high_water_mb(cls):
         try:
@@ -417,6 +433,8 @@ def measure(config, setting):
             float(call(i + 1)["meta/loss"])
             times.append((time.perf_counter() - t) * 1000.0)
     cpu_ms = (_cpu_seconds() - cpu_before) * 1000.0 / max(len(times), 1)
+    # Nothing was handed back since the last call's peak, so this is close to it.
+    steady_split = PhasePeakRss.rss_split_mb()
     # Read before the FLOP count and the roofline allocate. PhasePeakRss resets the
     # kernel's high-water mark (and with it ru_maxrss) but keeps the process's peak.
     peak_rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -458,6 +476,9 @@ def measure(config, setting):
         "traced_rss_mb": None if traced_rss is None else round(traced_rss, 1),
         "first_call_peak_rss_mb": first_rss.peak_mb,
         "steady_peak_rss_mb": steady_rss.peak_mb,
+        # Resident MB right after the timed calls, anonymous (what the process
+        # allocated) and file-backed (mostly TensorFlow's shared libraries).
+        "steady_end_rss_split_mb": steady_split,
         "load_avg_1m_before": load_before,
         "load_avg_1m_after": load_after,
     }

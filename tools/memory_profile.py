@@ -1,8 +1,9 @@
 r"""Where a process's resident memory goes: TensorFlow per graph node, and a config's data.
 
-Two profiles behind the memory figures of docs/performance.md (issue 9), each
+Three profiles behind the memory figures of docs/performance.md (issue 9), each
 printing one JSON line of resident-set sizes (MB, from /proc/self/status:
-``rss`` now, ``hwm`` the peak so far):
+``rss`` now, ``hwm`` the peak so far, and of ``rss`` the ``anon``ymous memory
+and the ``file``-backed pages, mostly TensorFlow's shared libraries):
 
 - ``--what=nodes``: a `tf.function` of ``--nodes`` small ops (a chain of
   ``x * uniform() + 1``), measured after `import tensorflow`, after tracing,
@@ -46,14 +47,21 @@ _PHASE = flags.DEFINE_enum("phase", None, ["steady", "warmup"],
                            "bench.phase, as tools/benchmark.py; else steady).")
 
 
+_STATUS_KEYS = {"VmRSS": "rss", "VmHWM": "hwm", "RssAnon": "anon", "RssFile": "file"}
+
+
 def memory_mb():
-    """``{"rss": MB, "hwm": MB}`` of this process (empty where /proc is missing)."""
+    """``{"rss": MB, "hwm": MB, "anon": MB, "file": MB}`` of this process: resident
+    now, the peak so far, and the resident set's anonymous memory (what the process
+    allocated) and file-backed pages (mostly TensorFlow's shared libraries); empty
+    where /proc is missing."""
     out = {}
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out["rss" if line.startswith("VmRSS") else "hwm"] = int(line.split()[1]) // 1024
+                key = _STATUS_KEYS.get(line.split(":")[0])
+                if key:
+                    out[key] = int(line.split()[1]) // 1024
     except OSError:
         pass
     return out

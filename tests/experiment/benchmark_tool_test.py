@@ -140,6 +140,10 @@ def test_run_reports_time_memory_flops_roofline_and_load(tmp_path):
     if os.path.exists("/proc/self/clear_refs"):  # Per-phase peaks (Linux).
         assert 0 < result["first_call_peak_rss_mb"] <= result["peak_rss_mb"]
         assert 0 < result["steady_peak_rss_mb"] <= result["peak_rss_mb"]
+    split = result["steady_end_rss_split_mb"]
+    if os.path.exists("/proc/self/status"):  # Anonymous and file-backed pages (Linux).
+        assert split["anon"] > 0 and split["file"] > 0
+        assert split["anon"] + split["file"] <= result["peak_rss_mb"] + 1
     assert isinstance(result["load_avg_1m_before"], float)
     # 1-40-40-1 MLP, 5 support and 5 query points, one inner step, first-order MAML:
     # per example a forward pass is 2 * (40 + 1600 + 40) = 3,360 FLOPs, its backward pass

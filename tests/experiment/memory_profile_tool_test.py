@@ -23,6 +23,9 @@ def test_nodes_profile_counts_the_chain_and_its_memory():
     assert out["graph_nodes"] >= 3 * 300
     for phase in ("imported", "traced", "called", "called_trimmed"):
         assert out[phase]["rss"] > 100  # TensorFlow alone holds hundreds of MB
+        # The resident set is its anonymous memory and its file-backed pages.
+        assert out[phase]["anon"] > 0 and out[phase]["file"] > 0
+        assert abs(out[phase]["anon"] + out[phase]["file"] - out[phase]["rss"]) <= 2
     assert out["called"]["hwm"] >= out["called"]["rss"]
     assert set(out["kb_per_node"]) == {"trace (held)", "first call (peak)", "first call (held)"}
 
