@@ -213,6 +213,8 @@ def test_meta_test_takes_its_own_batch_size():
     # 0 is the whole support set, as for inner.batch_size.
     np.testing.assert_allclose(build(3, 0).test_adapt(task).support_losses,
                                whole.support_losses, rtol=1e-5)
+    # The meta-test reads no rule state: the loop's packed Adam moments are not unpacked.
+    assert own.rule_states is None
     assert build(0, -1).eval_batch_size is None  # -1, the config's default: inner.batch_size
     for bad in (-2, 2.5, "10", True):
         with pytest.raises(errors.ConfigError, match="eval_batch_size"):

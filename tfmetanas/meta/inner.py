@@ -332,7 +332,7 @@ class TaskLearner:
         )
 
     def adapt_phases(self, task, phases, params=None, state=None, queries=None,
-                     batch_size=None):
+                     batch_size=None, keep_rule_states=True):
         """Adapts to one task in phases, all in one `tf.while_loop` (first order).
 
         Each `Phase` runs its steps on its groups with its own model-call
@@ -354,6 +354,8 @@ class TaskLearner:
           batch_size: support examples per step of every phase (None: the
             learner's `batch_size`; 0: the whole support set). METANAS's
             meta-test takes its own (the reference's `batch_size_test`).
+          keep_rule_states: as `adapt` (False: the packed rule states are not
+            unpacked; METANAS's meta-test reads none).
 
         Returns:
           A `TaskResult` with the support losses of every step and one query
@@ -379,7 +381,7 @@ class TaskLearner:
         if batch_size is not None and int(batch_size) < 0:
             raise errors.ConfigError(f"The batch size must be >= 0, got {batch_size}.")
         return self._adapt_while(task, params, state, None, phases, queries=queries,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, keep_rule_states=keep_rule_states)
 
     def _adapt_while(self, task, params, state, rule_states, phases, keep_rule_states=True,
                      queries=None, batch_size=None):

@@ -174,7 +174,8 @@ class MetaNAS(algorithms.Algorithm):
         unpruned["hard_prune"] = False
         pruned = {**unpruned, "temperature": self.t_min, "hard_prune": True}
         return self.learner.adapt_phases(task, phases, queries=[unpruned, pruned],
-                                         batch_size=self.eval_batch_size)
+                                         batch_size=self.eval_batch_size,
+                                         keep_rule_states=False)
 
     def record(self, result):
         out = {p: result.params[p] for p in self.arch_paths}

@@ -77,26 +77,26 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
     Raises:
       ValueError: `scale` or `offset` is neither a scalar nor one value per channel.
     """
-    scaled = scale is not None
-    scale = _scale_or_offset("scale", 1.0 if scale is None else scale, x)
-    offset = None if offset is None else _scale_or_offset("offset", offset, x)
+    # Without a scale the function takes none: no constant 1 and no gradient for it.
+    scales = [] if scale is None else [_scale_or_offset("scale", scale, x)]
+    offsets = [] if offset is None else [_scale_or_offset("offset", offset, x)]
     stats = []
     axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
-    per_channel_scale = scale.shape.rank == 1
-    extra = [] if offset is None else [offset]
+    per_channel_scale = bool(scales) and scales[0].shape.rank == 1
     # Values per channel; a Python number when the shape is static (the usual
     # case: no size/shape/slice/divide/cast nodes per batch norm).
     count = x.shape[:-1].num_elements()
 
     @tf.custom_gradient
-    def normalize(x, scale, *offset):
+    def normalize(x, *scale_and_offset):
+        scale, offset = scale_and_offset[:len(scales)], scale_and_offset[len(scales):]
         # Not tf.nn.moments: it stops the gradient of the mean inside the
         # variance, which would make the statistics' own gradients wrong.
         mean = tf.reduce_mean(x, axis=axes)
         centred = x - mean
         variance = tf.reduce_mean(tf.square(centred), axis=axes)
         inv = tf.math.rsqrt(variance + epsilon)
-        factor = inv * scale if scaled else inv
+        factor = inv * scale[0] if scale else inv
         stats.extend([mean, variance])
 
         def grad(dy):
@@ -105,17 +105,21 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
             mean_dy = tf.reduce_mean(dy, axis=axes)
             mean_dy_c = tf.reduce_mean(dy * centred, axis=axes)
             dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
+            if not (scale or offset):
+                return dx
             n = count if count is not None else tf.cast(
                 tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
-            dscale = inv * mean_dy_c * n  # sum(dy * centred * inv) per channel
-            if not per_channel_scale:
-                dscale = tf.reduce_sum(dscale)
-            return (dx, dscale, *[mean_dy * n for _ in offset])  # doffset = sum(dy)
+            dscale = []
+            if scale:
+                dscale = [inv * mean_dy_c * n]  # sum(dy * centred * inv) per channel
+                if not per_channel_scale:
+                    dscale = [tf.reduce_sum(dscale[0])]
+            return (dx, *dscale, *[mean_dy * n for _ in offset])  # doffset = sum(dy)
 
         y = centred * factor
         return (y + offset[0] if offset else y), grad
 
-    y = normalize(x, scale, *extra)
+    y = normalize(x, *scales, *offsets)
     return y, stats[0], stats[1]
 
 
