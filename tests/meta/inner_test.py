@@ -53,6 +53,48 @@ def test_negative_batch_size_is_a_config_error():
         inner.TaskLearner(helpers.tiny_conv(), {"weights": rules.SGD(0.1)}, 5, batch_size=-1)
 
 
+def test_shared_constants_are_one_node_per_graph_value_and_dtype():
+    made = {}
+
+    @tf.function(autograph=False)
+    def f(x):
+        with tf.control_dependencies([tf.debugging.assert_positive(x)]):
+            made["a"] = params_lib.shared_constant([2, 3])
+        made["b"] = params_lib.shared_constant([2, 3])
+        made["c"] = params_lib.shared_constant([2, 3], tf.float32)
+        made["d"] = params_lib.shared_constant(0)
+        return dict(made)
+
+    f.get_concrete_function(tf.constant(1.0))
+    assert made["a"] is made["b"]  # One node for the value...
+    assert made["c"] is not made["a"] and made["c"].dtype == tf.float32  # ... per dtype.
+    # Made outside the control dependencies of its first use, so any use may share it.
+    assert not made["a"].op.control_inputs and made["a"].op.type == "Const"
+    out = f(tf.constant(1.0))
+    np.testing.assert_array_equal(out["a"], [2, 3])
+    assert out["a"].dtype == tf.int32 and int(out["d"]) == 0
+    # Each graph has its own.
+    g = tf.function(lambda: params_lib.shared_constant([2, 3]), autograph=False)
+    assert g.get_concrete_function().graph is not made["a"].graph
+    # Eagerly, an ordinary constant.
+    np.testing.assert_array_equal(params_lib.shared_constant([[1, 2]], tf.float32), [[1, 2]])
+
+
+def test_unpacking_makes_one_shape_constant_per_distinct_shape():
+    values = {f"w{i}": tf.ones((3, 2)) for i in range(5)}
+    values.update({f"b{i}": tf.ones((2,)) for i in range(5)})
+    layout = params_lib.Packing(values)
+
+    @tf.function(autograph=False)
+    def unpack(flat):
+        return layout.unpack(flat)
+
+    graph = unpack.get_concrete_function(layout.pack(values)).graph
+    shapes = [tf.make_ndarray(op.get_attr("value")).tolist()
+              for op in graph.get_operations() if op.type == "Const"]
+    assert shapes.count([3, 2]) == shapes.count([2]) == 1
+
+
 def test_packing_an_unpacking_again_gives_back_the_vector():
     values = {"a": tf.reshape(tf.range(6.0), (2, 3)), "b": tf.range(4.0) + 10.0}
     layout = params_lib.Packing(values)

@@ -316,3 +316,45 @@ def test_run_if_skips_and_hoists_state_updates_in_a_graph():
     tf.debugging.assert_equal(bn.moving_mean.value, tf.zeros((2,)))
     f(tf.constant(True))
     assert float(tf.reduce_min(bn.moving_mean.value)) > 0.3
+
+
+@pytest.mark.parametrize("size,kernel,rate", [
+    ((28, 28), 3, 2), ((28, 28), 5, 2), ((7, 7), 5, 2), ((7, 9), 3, 3), ((5, 6), 5, 2),
+    ((1, 1), 3, 2)])
+def test_dilated_depthwise_conv_is_tensorflows_op_by_op(size, kernel, rate):
+    # The same three ops as tf.nn.depthwise_conv2d with dilations, paddings worked out
+    # in Python: the same numbers, forward and backward, to the bit.
+    x = tf.random.normal((2, *size, 4), seed=1)
+    f = tf.random.normal((kernel, kernel, 4, 1), seed=2)
+
+    def run(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, f])
+            y = conv(x, f)
+            loss = tf.reduce_sum(y * y)
+        return [y, *tape.gradient(loss, [x, f])]
+
+    want = run(lambda x, f: tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME",
+                                                   dilations=[rate, rate]))
+    def ours(x, f):
+        return layers.dilated_depthwise_conv(x, f, rate)
+
+    for got in (run(ours), tf.function(run, autograph=False)(ours)):
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            tf.debugging.assert_equal(a, b)
+
+    def nodes(conv):
+        return len(tf.function(conv).get_concrete_function(x, f).graph.as_graph_def().node)
+
+    assert nodes(ours) < nodes(lambda x, f: tf.nn.depthwise_conv2d(
+        x, f, [1, 1, 1, 1], "SAME", dilations=[rate, rate]))
+
+
+def test_dilated_depthwise_conv_with_a_size_unknown_when_traced():
+    f = tf.random.normal((3, 3, 4, 1))
+    conv = tf.function(lambda x: layers.dilated_depthwise_conv(x, f, 2),
+                       input_signature=[tf.TensorSpec([None, None, None, 4])])
+    x = tf.random.normal((2, 9, 7, 4))
+    tf.debugging.assert_equal(
+        conv(x), tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", dilations=[2, 2]))

@@ -81,7 +81,7 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
     scales = [] if scale is None else [_scale_or_offset("scale", scale, x)]
     offsets = [] if offset is None else [_scale_or_offset("offset", offset, x)]
     stats = []
-    axes = tf.constant(list(range(len(x.shape) - 1)))  # One constant, four reductions.
+    axes = params_lib.shared_constant(list(range(len(x.shape) - 1)))
     per_channel_scale = bool(scales) and scales[0].shape.rank == 1
     # Values per channel; a Python number when the shape is static (the usual
     # case: no size/shape/slice/divide/cast nodes per batch norm).
@@ -95,7 +95,7 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
         mean = tf.reduce_mean(x, axis=axes)
         centred = x - mean
         variance = tf.reduce_mean(tf.square(centred), axis=axes)
-        inv = tf.math.rsqrt(variance + epsilon)
+        inv = tf.math.rsqrt(variance + params_lib.shared_constant(epsilon, x.dtype))
         factor = inv * scale[0] if scale else inv
         stats.extend([mean, variance])
 
@@ -107,13 +107,13 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
             dx = factor * dy - (factor * mean_dy + centred * (factor * tf.square(inv) * mean_dy_c))
             if not (scale or offset):
                 return dx
-            n = count if count is not None else tf.cast(
+            n = params_lib.shared_constant(count, dy.dtype) if count is not None else tf.cast(
                 tf.size(dy) // tf.shape(dy)[-1], dy.dtype)
             dscale = []
             if scale:
                 dscale = [inv * mean_dy_c * n]  # sum(dy * centred * inv) per channel
                 if not per_channel_scale:
-                    dscale = [tf.reduce_sum(dscale[0])]
+                    dscale = [tf.reduce_sum(dscale[0], axis=params_lib.shared_constant(0))]
             return (dx, *dscale, *[mean_dy * n for _ in offset])  # doffset = sum(dy)
 
         y = centred * factor
@@ -133,6 +133,36 @@ def depthwise_conv(x, kernel, stride):
     """
     return tf.raw_ops.DepthwiseConv2dNative(
         input=x, filter=kernel, strides=[1, stride, stride, 1], padding="SAME")
+
+
+def dilated_depthwise_conv(x, kernel, rate):
+    """'SAME' depthwise convolution at stride 1 with dilation `rate`, as
+    ``tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[rate] * 2)``.
+
+    The same three ops as TensorFlow's (space-to-batch with the padding of a
+    dilated 'SAME' filter, rounded up to a multiple of the rate; the undilated
+    'VALID' convolution; batch-to-space, cropping the rounding), with the
+    paddings worked out in Python for a static shape: no shape, rate and
+    padding constants of their own (about 10 per call). Falls back to
+    `tf.nn.depthwise_conv2d` when the spatial size is unknown when traced.
+    """
+    rate = int(rate)
+    size = x.shape[1:3]
+    if rate == 1 or not size.is_fully_defined():
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[rate] * 2)
+    paddings, crops = [], []
+    for extent, k in zip(size.as_list(), tf.TensorShape(kernel.shape)[:2].as_list()):
+        total = (int(k) - 1) * rate
+        start, end = total // 2, total - total // 2
+        extra = -(extent + total) % rate
+        paddings.append([start, end + extra])
+        crops.append([0, extra])
+    shared = params_lib.shared_constant
+    block = shared([rate, rate])
+    y = tf.raw_ops.SpaceToBatchND(input=x, block_shape=block, paddings=shared(paddings))
+    y = tf.raw_ops.DepthwiseConv2dNative(input=y, filter=kernel, strides=[1, 1, 1, 1],
+                                         padding="VALID")
+    return tf.raw_ops.BatchToSpaceND(input=y, block_shape=block, crops=shared(crops))
 
 
 def pointwise_conv(x, kernel, stride=1):
@@ -165,10 +195,11 @@ def pointwise_conv(x, kernel, stride=1):
     rows, columns = (stride, stride) if isinstance(stride, int) else tuple(stride)
     if (rows, columns) != (1, 1):
         x = x[:, ::rows, ::columns, :]
-    y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
+    shape = params_lib.shared_constant
+    y = tf.matmul(tf.reshape(x, shape([-1, cin])), tf.reshape(kernel, shape([cin, cout])))
     leading = x.shape[:-1]
     if leading.is_fully_defined():
-        out_shape = [*leading.as_list(), cout]
+        out_shape = shape([*leading.as_list(), cout])
     else:
         out_shape = tf.concat([tf.shape(x)[:-1], [cout]], axis=0)
     return tf.reshape(y, out_shape)

@@ -269,21 +269,48 @@ class Packing:
         source = _unpacked_source([values[p] for p in self.paths])
         if source is not None:
             return source
-        flat_shape = tf.constant([-1])  # One shape constant for all the reshapes.
+        flat_shape = shared_constant([-1])
         return tf.concat([tf.reshape(values[p], flat_shape) for p in self.paths], axis=0)
 
     def unpack(self, flat):
         """The dict `pack` packed."""
         if not self.paths:
             return {}
-        shapes = {}  # One constant per distinct shape.
         pieces = tf.split(flat, self.sizes)
-        out = {
-            p: tf.reshape(x, shapes.setdefault(s, tf.constant(s, tf.int32)))
-            for p, s, x in zip(self.paths, self.shapes, pieces)
-        }
+        out = {p: tf.reshape(x, shared_constant(s))
+               for p, s, x in zip(self.paths, self.shapes, pieces)}
         _remember_unpacked(list(out.values()), flat)
         return out
+
+
+def shared_constant(value, dtype=tf.int32):
+    """`value` (a number or a nested list: a shape, reduction axes, an epsilon) as a
+    tensor of `dtype`, one `Const` node per traced graph, value and dtype.
+
+    In a traced function every ``tf.constant``, every ``tf.reshape(x, [a, b])``
+    and every Python number in an op adds a node of its own, and a search
+    network's step reshapes, reduces and adds epsilons hundreds of times with
+    a handful of distinct values. Each node costs memory for as long as the
+    function lives and time to trace and optimise (docs/performance.md,
+    sessions 7 and 19). Eagerly it is an ordinary constant.
+    """
+    dtype = tf.as_dtype(dtype)
+    if tf.executing_eagerly():
+        return tf.constant(value, dtype)
+    graph = tf.compat.v1.get_default_graph()
+    cache = getattr(graph, "_tfmetanas_constants", None)
+    if cache is None:
+        cache = {}
+        graph._tfmetanas_constants = cache  # noqa: SLF001 (our own attribute)
+    array = np.asarray(value, dtype.as_numpy_dtype)
+    key = (dtype.name, array.shape, array.tobytes())
+    tensor = cache.get(key)
+    if tensor is None:
+        # Made outside any control dependencies, so that every use may share it.
+        with tf.control_dependencies(None):
+            tensor = tf.constant(array, dtype)
+        cache[key] = tensor
+    return tensor
 
 
 def _unpacked_registry():

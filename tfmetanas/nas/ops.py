@@ -33,7 +33,12 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfmetanas.models.layers import depthwise_conv, normalize_batch, pointwise_conv
+from tfmetanas.models.layers import (
+    depthwise_conv,
+    dilated_depthwise_conv,
+    normalize_batch,
+    pointwise_conv,
+)
 from tfmetanas.models.params import add_param
 from tfmetanas.registry import Registry
 
@@ -291,10 +296,8 @@ class DepthwiseConv(keras.layers.Layer):
             return depthwise_conv(x, self.kernel.value, 1)
         if self.dilation > 1:
             # Atrous depthwise conv needs stride 1 in TF: compute, then subsample.
-            y = tf.nn.depthwise_conv2d(
-                x, self.kernel.value, [1, 1, 1, 1], "SAME", dilations=[self.dilation] * 2
-            )
-            return y[:, ::s, ::s, :]
+            y = dilated_depthwise_conv(x, self.kernel.value, self.dilation)
+            return y if s == 1 else y[:, ::s, ::s, :]
         return depthwise_conv(x, self.kernel.value, s)
 
 
