@@ -214,11 +214,12 @@ class TaskLearner:
         return outputs, loss, metric
 
     def _gradients(self, step, num_steps, params, state, task, second_order, batches=None,
-                   kwargs=None):
+                   kwargs=None, stop_gradients=True):
         """Support loss of one inner step, its gradient and the BN state after it.
 
         `kwargs` (default ``forward_kwargs(step, num_steps)``) are the model's
-        call arguments.
+        call arguments. First order stops the gradients' own gradients here,
+        unless `stop_gradients` is False (the caller stops them once packed).
         """
         x, y = task["support_x"], task["support_y"]
         if batches is not None:
@@ -230,7 +231,7 @@ class TaskLearner:
             outputs, new_state = self.fmodel(params, state, x, training=True, **kwargs)
             loss, _ = loss_and_metric(self.kind, outputs, y)
         grads = tape.gradient(loss, params)
-        if not second_order:
+        if not second_order and stop_gradients:
             grads = {p: tf.stop_gradient(g) for p, g in grads.items()}
         return grads, new_state, loss
 
@@ -462,8 +463,10 @@ class TaskLearner:
             params = unpack_params(flat)
             if pack_state:
                 state = state_layout.unpack(state)
+            # First order: the gradients are stopped once per group, packed.
             grads, state, loss = self._gradients(
-                step, num_steps, params, state, task, False, batches, kwargs=kwargs
+                step, num_steps, params, state, task, False, batches, kwargs=kwargs,
+                stop_gradients=False,
             )
             flat, rule_states = dict(flat), dict(rule_states)
             for g in updated:
@@ -476,13 +479,14 @@ class TaskLearner:
                                                 rule_states[g])
                 if packed_rules[g]:
                     new, new_rs = rule.apply(
-                        local, {rules_lib.FLAT: layout.pack(grads)},
+                        local, {rules_lib.FLAT: tf.stop_gradient(layout.pack(grads))},
                         {rules_lib.FLAT: flat[g]}, rule_states[g],
                     )
                     new = new[rules_lib.FLAT]
                 else:
                     new, new_rs = rule.apply(
-                        local, {p: grads[p] for p in layout.paths}, sub, rule_states[g]
+                        local, {p: tf.stop_gradient(grads[p]) for p in layout.paths}, sub,
+                        rule_states[g]
                     )
                     new = layout.pack(new)
                 active = [k for k, phase in enumerate(phases) if g in phase.groups]
