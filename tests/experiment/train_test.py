@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -294,6 +295,27 @@ def test_evaluate_refuses_bad_counts(tmp_path):
             ensemble.evaluate_ensemble(workdir, num_tasks=2, k=k)
     with pytest.raises(errors.ConfigError, match="--num_tasks"):
         evaluate.evaluate_workdir(workdir, num_tasks=0)
+
+
+def test_a_workdir_with_only_best_checkpoints(tmp_path):
+    # E.g. a run shared with its best checkpoints only: --checkpoint=best evaluates,
+    # --checkpoint=latest says what there is instead of "train first".
+    workdir = str(tmp_path / "run")
+    config = tiny_config(steps=2)
+    config.train.eval_every = 1
+    trainer.train(config, workdir)
+    directory = os.path.join(workdir, "checkpoints")
+    for name in os.listdir(directory):
+        if name != "best":
+            os.remove(os.path.join(directory, name))
+    result = evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="best")
+    assert "/best/" in result["checkpoint_path"].replace(os.sep, "/")
+    with pytest.raises(errors.CheckpointError, match="--checkpoint=best"):
+        evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="latest")
+    shutil.rmtree(os.path.join(directory, "best"))
+    for which in ("best", "latest"):
+        with pytest.raises(errors.CheckpointError, match="train first"):
+            evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint=which)
 
 
 def test_search_cli_errors_are_one_line(tmp_path):

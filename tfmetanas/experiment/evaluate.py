@@ -29,11 +29,7 @@ def evaluate_workdir(workdir, split="test", num_tasks=None, checkpoint="best", s
       steps, the checkpoint path and which checkpoint was asked for.
     """
     config = workdir_lib.load_config(workdir)
-    if not workdir_lib.has_checkpoint(workdir):
-        raise errors.CheckpointError(
-            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first with "
-            f"`tfmetanas-train --config=... --workdir={workdir}`."
-        )
+    workdir_lib.find_checkpoint(workdir, checkpoint)  # Before any data is loaded.
     with config.unlocked():
         if data_root is not None:
             config.data.root = data_root

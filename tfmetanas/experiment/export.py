@@ -599,16 +599,6 @@ class AdaptedModel:
 # The procedure.
 
 
-def _check_checkpoint(workdir):
-    config = workdir_lib.load_config(workdir)
-    if not workdir_lib.has_checkpoint(workdir):
-        raise errors.CheckpointError(
-            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first with "
-            f"`tfmetanas-train --config=... --workdir={workdir}`, or check --workdir."
-        )
-    return config
-
-
 def adapt_and_build(workdir, support_dir, checkpoint="best", steps=None, data_root=None):
     """Adapts a trained meta-model to a support folder and builds the discrete model.
 
@@ -628,9 +618,8 @@ def adapt_and_build(workdir, support_dir, checkpoint="best", steps=None, data_ro
       ExportError: a bad support folder, or a class count the N-way head cannot serve.
       ConfigError: steps < 1.
     """
-    config = _check_checkpoint(workdir)
-    if checkpoint not in ("best", "latest"):
-        raise errors.ConfigError(f"checkpoint must be 'best' or 'latest', not {checkpoint!r}.")
+    config = workdir_lib.load_config(workdir)
+    workdir_lib.find_checkpoint(workdir, checkpoint)  # Before any data is loaded.
     # The support folder is read before the (slow) model build: its mistakes
     # are the likeliest ones.
     names, files, raw = read_support_folder(support_dir)

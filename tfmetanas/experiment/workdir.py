@@ -169,17 +169,36 @@ def checkpoint_manager(workdir, checkpoint, which="latest", max_to_keep=3):
     )
 
 
-def restore(workdir, checkpoint, which="latest"):
-    """Restores `checkpoint` from the workdir; returns the path used."""
+def find_checkpoint(workdir, which="latest"):
+    """The checkpoint `restore` reads: the newest ``best`` one (falling back to
+    the latest where the run kept none) or the latest one.
+
+    Raises:
+      ConfigError: `which` is neither "best" nor "latest".
+      CheckpointError: no such checkpoint (the message says whether the other
+        kind exists), or a corrupt checkpoint state file.
+    """
     if which not in ("latest", "best"):
         raise errors.ConfigError(f"--checkpoint must be 'best' or 'latest', not {which!r}.")
-    path = _latest(checkpoint_dir(workdir, which))
+    latest = _latest(checkpoint_dir(workdir, "latest"))
+    path = _latest(checkpoint_dir(workdir, "best")) if which == "best" else latest
     if path is None and which == "best":
-        path = _latest(checkpoint_dir(workdir, "latest"))
-    if path is None:
+        path = latest
+    if path is not None:
+        return path
+    directory = os.path.join(workdir, "checkpoints")
+    if _latest(checkpoint_dir(workdir, "best")) is not None:
         raise errors.CheckpointError(
-            f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first, or check --workdir."
-        )
+            f"No latest checkpoint in {directory}, only best-by-validation ones in "
+            f"{checkpoint_dir(workdir, 'best')}: use --checkpoint=best.")
+    raise errors.CheckpointError(
+        f"No checkpoint in {directory}: train first with "
+        f"`tfmetanas-train --config=... --workdir={workdir}`, or check --workdir.")
+
+
+def restore(workdir, checkpoint, which="latest"):
+    """Restores `checkpoint` from the workdir (`find_checkpoint`); returns the path used."""
+    path = find_checkpoint(workdir, which)
     try:
         checkpoint.restore(path).expect_partial()
     except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
