@@ -310,6 +310,12 @@ def test_a_workdir_with_only_best_checkpoints(tmp_path):
             os.remove(os.path.join(directory, name))
     result = evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="best")
     assert "/best/" in result["checkpoint_path"].replace(os.sep, "/")
+    # Nor does a corrupt state file of the latest ones stand in the way of the best.
+    open(os.path.join(directory, "checkpoint"), "w").close()
+    evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="best")
+    with pytest.raises(errors.CheckpointError, match="state file"):
+        evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="latest")
+    os.remove(os.path.join(directory, "checkpoint"))
     with pytest.raises(errors.CheckpointError, match="--checkpoint=best"):
         evaluate.evaluate_workdir(workdir, num_tasks=2, checkpoint="latest")
     shutil.rmtree(os.path.join(directory, "best"))

@@ -76,8 +76,14 @@ def test_shared_constants_are_one_node_per_graph_value_and_dtype():
     # Each graph has its own.
     g = tf.function(lambda: params_lib.shared_constant([2, 3]), autograph=False)
     assert g.get_concrete_function().graph is not made["a"].graph
-    # Eagerly, an ordinary constant.
+    # Eagerly, an ordinary constant; values convert by TensorFlow's rules.
     np.testing.assert_array_equal(params_lib.shared_constant([[1, 2]], tf.float32), [[1, 2]])
+    with pytest.raises(TypeError):
+        params_lib.shared_constant(1.5)
+    # Under a tf.distribute strategy, whose replicas share one graph, each use has its own.
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        h = tf.function(lambda: params_lib.shared_constant(3) is params_lib.shared_constant(3))
+        assert not h()
 
 
 def test_unpacking_makes_one_shape_constant_per_distinct_shape():

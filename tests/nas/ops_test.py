@@ -319,13 +319,13 @@ def test_run_if_skips_and_hoists_state_updates_in_a_graph():
 
 
 @pytest.mark.parametrize("size,kernel,rate", [
-    ((28, 28), 3, 2), ((28, 28), 5, 2), ((7, 7), 5, 2), ((7, 9), 3, 3), ((5, 6), 5, 2),
-    ((1, 1), 3, 2)])
+    ((28, 28), (3, 3), 2), ((28, 28), (5, 5), 2), ((7, 7), (5, 5), 2), ((7, 9), (3, 3), 3),
+    ((5, 6), (5, 5), 2), ((1, 1), (3, 3), 2), ((6, 5), (2, 5), 3)])
 def test_dilated_depthwise_conv_is_tensorflows_op_by_op(size, kernel, rate):
     # The same three ops as tf.nn.depthwise_conv2d with dilations, paddings worked out
     # in Python: the same numbers, forward and backward, to the bit.
     x = tf.random.normal((2, *size, 4), seed=1)
-    f = tf.random.normal((kernel, kernel, 4, 1), seed=2)
+    f = tf.random.normal((*kernel, 4, 1), seed=2)
 
     def run(conv):
         with tf.GradientTape() as tape:
@@ -353,8 +353,8 @@ def test_dilated_depthwise_conv_is_tensorflows_op_by_op(size, kernel, rate):
 
 def test_dilated_depthwise_conv_with_a_size_unknown_when_traced():
     f = tf.random.normal((3, 3, 4, 1))
+    x = tf.random.normal((2, 9, 7, 4))
+    want = tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", dilations=[2, 2])
     conv = tf.function(lambda x: layers.dilated_depthwise_conv(x, f, 2),
                        input_signature=[tf.TensorSpec([None, None, None, 4])])
-    x = tf.random.normal((2, 9, 7, 4))
-    tf.debugging.assert_equal(
-        conv(x), tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", dilations=[2, 2]))
+    tf.debugging.assert_equal(conv(x), want)

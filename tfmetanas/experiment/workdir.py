@@ -180,14 +180,12 @@ def find_checkpoint(workdir, which="latest"):
     """
     if which not in ("latest", "best"):
         raise errors.ConfigError(f"--checkpoint must be 'best' or 'latest', not {which!r}.")
-    latest = _latest(checkpoint_dir(workdir, "latest"))
-    path = _latest(checkpoint_dir(workdir, "best")) if which == "best" else latest
-    if path is None and which == "best":
-        path = latest
+    best = _latest(checkpoint_dir(workdir, "best")) if which == "best" else None
+    path = best or _latest(checkpoint_dir(workdir, "latest"))
     if path is not None:
         return path
     directory = os.path.join(workdir, "checkpoints")
-    if _latest(checkpoint_dir(workdir, "best")) is not None:
+    if which == "latest" and _latest(checkpoint_dir(workdir, "best")) is not None:
         raise errors.CheckpointError(
             f"No latest checkpoint in {directory}, only best-by-validation ones in "
             f"{checkpoint_dir(workdir, 'best')}: use --checkpoint=best.")

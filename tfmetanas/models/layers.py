@@ -89,6 +89,7 @@ def normalize_batch(x, epsilon, scale=None, offset=None):
 
     @tf.custom_gradient
     def normalize(x, *scale_and_offset):
+        # The scale and the offset this call takes (each an empty or one-tensor tuple).
         scale, offset = scale_and_offset[:len(scales)], scale_and_offset[len(scales):]
         # Not tf.nn.moments: it stops the gradient of the mean inside the
         # variance, which would make the statistics' own gradients wrong.
@@ -147,11 +148,11 @@ def dilated_depthwise_conv(x, kernel, rate):
     `tf.nn.depthwise_conv2d` when the spatial size is unknown when traced.
     """
     rate = int(rate)
-    size = x.shape[1:3]
-    if rate == 1 or not size.is_fully_defined():
+    size, window = x.shape[1:3], tf.TensorShape(kernel.shape)[:2]
+    if rate == 1 or not (size.is_fully_defined() and window.is_fully_defined()):
         return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[rate] * 2)
     paddings, crops = [], []
-    for extent, k in zip(size.as_list(), tf.TensorShape(kernel.shape)[:2].as_list()):
+    for extent, k in zip(size.as_list(), window.as_list()):
         total = (int(k) - 1) * rate
         start, end = total // 2, total - total // 2
         extra = -(extent + total) % rate

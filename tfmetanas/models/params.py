@@ -292,23 +292,28 @@ def shared_constant(value, dtype=tf.int32):
     network's step reshapes, reduces and adds epsilons hundreds of times with
     a handful of distinct values. Each node costs memory for as long as the
     function lives and time to trace and optimise (docs/performance.md,
-    sessions 7 and 19). Eagerly it is an ordinary constant.
+    sessions 7 and 19). Eagerly, or under a `tf.distribute` strategy (whose
+    replicas, traced into one graph, each place their own constants), it is an
+    ordinary constant; a tensor is converted as it is. Values are converted by
+    TensorFlow's rules (`tf.make_tensor_proto`).
     """
     dtype = tf.as_dtype(dtype)
-    if tf.executing_eagerly():
-        return tf.constant(value, dtype)
+    if tf.is_tensor(value):
+        return tf.convert_to_tensor(value, dtype)
+    proto = tf.make_tensor_proto(value, dtype)
+    if tf.executing_eagerly() or tf.distribute.has_strategy():
+        return tf.constant(tf.make_ndarray(proto), dtype)
     graph = tf.compat.v1.get_default_graph()
     cache = getattr(graph, "_tfmetanas_constants", None)
     if cache is None:
         cache = {}
         graph._tfmetanas_constants = cache  # noqa: SLF001 (our own attribute)
-    array = np.asarray(value, dtype.as_numpy_dtype)
-    key = (dtype.name, array.shape, array.tobytes())
+    key = proto.SerializeToString()
     tensor = cache.get(key)
     if tensor is None:
         # Made outside any control dependencies, so that every use may share it.
         with tf.control_dependencies(None):
-            tensor = tf.constant(array, dtype)
+            tensor = tf.constant(tf.make_ndarray(proto), dtype)
         cache[key] = tensor
     return tensor
 
