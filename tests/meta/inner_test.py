@@ -161,3 +161,22 @@ def test_step_rows_slice_python_steps_and_gather_tensor_steps():
         np.testing.assert_array_equal(one_hot.numpy(),
                                       params_lib.step_one_hot(tf.constant(step), 4, tf.float32))
         assert one_hot.shape == (4, 1) and float(one_hot[min(step, 3), 0]) == 1.0
+        for s in (step, tf.constant(step)):
+            np.testing.assert_array_equal(
+                params_lib.step_one_hot(s, 4, tf.float32, complement=True), 1.0 - one_hot)
+
+
+def test_static_step_rows_of_a_graph_share_their_bound_constants():
+    table = tf.reshape(tf.range(12.0), (4, 3))
+
+    @tf.function(autograph=False)
+    def rows(table):
+        return [params_lib.step_row(table, step) for step in (0, 1, 0, 1, 9)]
+
+    graph = rows.get_concrete_function(table).graph
+    consts = [op for op in graph.get_operations() if op.type == "Const"]
+    # The values [0], [1], [2], [3] and [4] (bounds; [1] the strides too): one node each,
+    # not three per call.
+    assert len(consts) == 5
+    for got, step in zip(rows(table), (0, 1, 0, 1, 9)):
+        np.testing.assert_array_equal(got, table[min(step, 3)])

@@ -128,10 +128,11 @@ class ALFA(rules.UpdateRule):
 
     def learning_state(self, grads, params):
         """tau: layer-wise means of the gradients, then of the weights ([2L])."""
-        return tf.stack(
-            [tf.reduce_mean(grads[p]) for p in self.paths]
-            + [tf.reduce_mean(params[p]) for p in self.paths]
-        )
+        def mean(t):  # Over every axis, with one axes constant per rank.
+            return tf.reduce_mean(t, axis=params_lib.shared_constant(list(range(t.shape.rank))))
+
+        return tf.stack([mean(grads[p]) for p in self.paths]
+                        + [mean(params[p]) for p in self.paths])
 
     def generate(self, tau):
         """g_phi(tau): the multipliers (alpha1, beta1), each [L]."""
@@ -169,13 +170,15 @@ class ALFA(rules.UpdateRule):
             )
         alpha, beta = self.hyperparameters(step, grads, params)
         new_params = {}
-        for i, path in enumerate(self.paths):
-            new_params[path] = beta[i] * params[path] - alpha[i] * grads[path]
+        # One unstack each, not a slice (and its constants) per tensor.
+        for path, a, b in zip(self.paths, tf.unstack(alpha), tf.unstack(beta)):
+            new_params[path] = b * params[path] - a * grads[path]
         # Record this step's row (one-hot blend: works for Python and tensor steps).
         row = params_lib.step_one_hot(step, self.num_steps, state.alpha.dtype)
+        keep = params_lib.step_one_hot(step, self.num_steps, state.alpha.dtype, complement=True)
         state = ALFAState(
-            alpha=state.alpha * (1.0 - row) + row * tf.cast(alpha, state.alpha.dtype)[None],
-            beta=state.beta * (1.0 - row) + row * tf.cast(beta, state.beta.dtype)[None],
+            alpha=state.alpha * keep + row * tf.cast(alpha, state.alpha.dtype)[None],
+            beta=state.beta * keep + row * tf.cast(beta, state.beta.dtype)[None],
         )
         return new_params, state
 

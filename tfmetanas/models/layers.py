@@ -262,7 +262,7 @@ class MetaBatchNorm(keras.layers.Layer):
         )
 
     def _row(self, table, rows, step):
-        return table[0] if rows == 1 else params_lib.step_row(table, step, rows)
+        return params_lib.step_row(table, 0 if rows == 1 else step, rows)
 
     def call(self, x, training=False, step=0):
         stat_rows = self.num_steps if self.per_step_stats else 1
@@ -278,7 +278,7 @@ class MetaBatchNorm(keras.layers.Layer):
             # Only the row of the current step moves (BNRS): a one-hot blend
             # works for Python and tensor steps alike.
             select = params_lib.step_one_hot(step, stat_rows, x.dtype)
-            decay = (1.0 - self.momentum) * select
+            decay = params_lib.shared_constant(1.0 - self.momentum, x.dtype) * select
             self.moving_mean.assign(
                 self.moving_mean - decay * (self.moving_mean - tf.stop_gradient(mean))
             )

@@ -62,17 +62,25 @@ def step_row(table, step, rows=None):
     about ten, and second-order MAML differentiates it twice per step.
     """
     rows = int(table.shape[0]) if rows is None else int(rows)
+    if isinstance(table, keras.Variable):
+        table = table.value
     if isinstance(step, (int, np.integer)):
-        return table[min(int(step), rows - 1)]
+        # ``table[k]`` with the bounds as shared constants (`shared_constant`).
+        k = min(int(step), rows - 1)
+        return tf.strided_slice(table, shared_constant([k]), shared_constant([k + 1]),
+                                shared_constant([1]), shrink_axis_mask=1)
     return tf.gather(table, tf.minimum(tf.cast(step, tf.int32), rows - 1))
 
 
-def step_one_hot(step, rows, dtype):
-    """``[rows, 1]`` one-hot column of row ``min(step, rows - 1)`` (a constant for Python steps)."""
+def step_one_hot(step, rows, dtype, complement=False):
+    """``[rows, 1]`` one-hot column of row ``min(step, rows - 1)`` (a constant for Python
+    steps), or with `complement` one minus it."""
     if isinstance(step, (int, np.integer)):
-        return tf.constant(np.eye(rows)[min(int(step), rows - 1)][:, None], dtype=dtype)
+        column = np.eye(rows)[min(int(step), rows - 1)][:, None]
+        return shared_constant(1.0 - column if complement else column, dtype)
     index = tf.minimum(tf.cast(step, tf.int32), rows - 1)
-    return tf.one_hot(index, rows, dtype=dtype)[:, None]
+    column = tf.one_hot(index, rows, dtype=dtype)[:, None]
+    return 1.0 - column if complement else column
 
 
 def set_layer_group(layer, group):
