@@ -212,8 +212,7 @@ class MAML(MetaLearner):
         # Gradients are scaled by 1 / global meta-batch and *summed* across
         # replicas by the optimizer, i.e. the mean over every task.
         scale = _global_batch_fraction(batch)
-        grads = [g * (params_lib.shared_constant(scale, g.dtype) if isinstance(scale, float)
-                      else scale) for g in grad_sum]
+        grads = [g * params_lib.shared_constant(scale, g.dtype) for g in grad_sum]
         self.optimizer.apply_gradients(zip(grads, variables))
         self._state_mean_update({p: s / batch for p, s in state_sum.items()})
         return {
