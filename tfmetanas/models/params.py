@@ -311,11 +311,7 @@ def shared_constant(value, dtype=tf.int32):
     proto = tf.make_tensor_proto(value, dtype)
     if tf.executing_eagerly() or tf.distribute.has_strategy():
         return tf.constant(tf.make_ndarray(proto), dtype)
-    graph = tf.compat.v1.get_default_graph()
-    cache = getattr(graph, "_tfmetanas_constants", None)
-    if cache is None:
-        cache = {}
-        graph._tfmetanas_constants = cache  # noqa: SLF001 (our own attribute)
+    cache = _graph_dict("_tfmetanas_constants")
     key = proto.SerializeToString()
     tensor = cache.get(key)
     if tensor is None:
@@ -326,17 +322,21 @@ def shared_constant(value, dtype=tf.int32):
     return tensor
 
 
+def _graph_dict(name):
+    """A dict of ours kept on the current (traced) graph as attribute `name`: it
+    lives and dies with the graph."""
+    graph = tf.compat.v1.get_default_graph()
+    registry = getattr(graph, name, None)
+    if registry is None:
+        registry = {}
+        setattr(graph, name, registry)
+    return registry
+
+
 def _unpacked_registry():
     """``{id(tensor): (tensor, flat, position, count)}`` of the current graph's
     unpacked tensors (None when executing eagerly)."""
-    if tf.executing_eagerly():
-        return None
-    graph = tf.compat.v1.get_default_graph()
-    registry = getattr(graph, "_tfmetanas_unpacked", None)
-    if registry is None:
-        registry = {}
-        graph._tfmetanas_unpacked = registry  # noqa: SLF001 (our own attribute)
-    return registry
+    return None if tf.executing_eagerly() else _graph_dict("_tfmetanas_unpacked")
 
 
 def _remember_unpacked(tensors, flat):
