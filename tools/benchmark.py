@@ -193,31 +193,35 @@ class PhasePeakRss:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     @staticmethod
-    def rss_split_mb():
-        """The current resident set split into anonymous memory (what the process
-        allocated) and file-backed pages (shared libraries, mapped files):
-        ``{"anon": MB, "file": MB}``, or None where /proc does not say."""
-        split = {}
+    def _status_mb(*fields):
+        """``{field: MB}`` of /proc/self/status fields (kB there), or None unless all are there."""
+        values = {}
         try:
             with open("/proc/self/status") as f:
                 for line in f:
-                    if line.startswith(("RssAnon:", "RssFile:")):
-                        key = "anon" if line.startswith("RssAnon") else "file"
-                        split[key] = round(int(line.split()[1]) / 1024.0, 1)
+                    name = line.split(":")[0]
+                    if name in fields:
+                        values[name] = int(line.split()[1]) / 1024.0
         except OSError:
             return None
-        return split if len(split) == 2 else None
+        return values if len(values) == len(fields) else None
+
+    @classmethod
+    def rss_split_mb(cls):
+        """The current resident set split into anonymous memory (what the process
+        allocated) and file-backed pages (shared libraries, mapped files):
+        ``{"anon": MB, "file": MB}``, or None where /proc does not say."""
+        values = cls._status_mb("RssAnon", "RssFile")
+        return None if values is None else {
+            "anon": round(values["RssAnon"], 1), "file": round(values["RssFile"], 1)}
 
     @classmethod
     def _high_water_mb(cls):
-        try:
-            with open("/proc/self/status") as f:
-                line = next(x for x in f if x.startswith("VmHWM:"))
-        except (OSError, StopIteration):
+        values = cls._status_mb("VmHWM")
+        if values is None:
             return None
-        mb = int(line.split()[1]) / 1024.0
-        cls.process_peak_mb = max(cls.process_peak_mb, mb)
-        return mb
+        cls.process_peak_mb = max(cls.process_peak_mb, values["VmHWM"])
+        return values["VmHWM"]
 
     def __enter__(self):
         self._high_water_mb()  # Keep the peak so far before resetting it.
