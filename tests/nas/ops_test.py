@@ -135,6 +135,19 @@ def test_pointwise_conv_with_an_unknown_batch_size():
     tf.debugging.assert_near(y, tf.nn.conv2d(x, k, 1, "SAME"), atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_with_channel_counts_known_only_when_it_runs(stride):
+    # A supernet's gathered candidate weights (supernet.Choice, selection="gather").
+    f = tf.function(lambda x, k: layers.pointwise_conv(x, k, stride), autograph=False,
+                    input_signature=[tf.TensorSpec([2, 6, 6, None]),
+                                     tf.TensorSpec([1, 1, None, None])])
+    for cin, cout in [(3, 5), (6, 2)]:
+        x, k = tf.random.normal((2, 6, 6, cin)), tf.random.normal((1, 1, cin, cout))
+        tf.debugging.assert_near(f(x, k), tf.nn.conv2d(x, k, stride, "SAME"), atol=1e-5)
+    assert f.get_concrete_function().structured_outputs.shape.as_list() == [
+        2, 6 // stride, 6 // stride, None]
+
+
 def test_pointwise_conv_refuses_other_kernels_and_channel_counts():
     x = tf.zeros((2, 4, 4, 3))
     for kernel in (tf.zeros((3, 3, 3, 4)), tf.zeros((3, 4))):

@@ -61,6 +61,8 @@ def test_train_resume_rank_search(tmp_path):
     assert workdir_lib.has_checkpoint(workdir)
     assert _first_step_seconds(workdir) == [1]
     config.train.steps = 3  # resume: one more step
+    # The same variables and function, computed another way: resumable.
+    config.model.selection = "stack"
     search.search(config, workdir, ["train"])
     ckpt = os.path.basename(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
     assert ckpt.endswith("-3")

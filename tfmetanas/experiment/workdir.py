@@ -25,7 +25,7 @@ RESUMABLE_KEYS = (
     "train.intra_op_threads", "train.inter_op_threads", "train.trim_interval", "meta.parallel_tasks",
     "inner.lr", "meta.lr", "inner.while_loop", "model.darts.soft_prune",
     "model.darts.running_stats", "model.darts.recompute_cells", "model.darts.max_pool_gradient",
-    "train.skip_graph_optimizations",
+    "train.skip_graph_optimizations", "model.selection",
     "eval.num_tasks", "eval.num_val_tasks", "data.root",
 )
 

@@ -187,16 +187,24 @@ def pointwise_conv(x, kernel, stride=1):
       stride: an int, or ``(rows, columns)``.
     """
     kernel_shape = tf.TensorShape(kernel.shape)  # Keras variables give a tuple.
-    if (kernel_shape.rank != 4 or tuple(kernel_shape[:2]) != (1, 1)
-            or None in kernel_shape[2:]):
+    if kernel_shape.rank != 4 or tuple(kernel_shape[:2]) != (1, 1):
         raise ValueError(f"pointwise_conv takes a [1, 1, in, out] kernel, got {kernel_shape}.")
-    cin, cout = int(kernel_shape[-2]), int(kernel_shape[-1])
-    if x.shape[-1] is not None and x.shape[-1] != cin:
+    cin, cout = kernel_shape[-2], kernel_shape[-1]
+    if None not in (cin, x.shape[-1]) and x.shape[-1] != cin:
         raise ValueError(f"pointwise_conv: input with {x.shape[-1]} channels, kernel for {cin}.")
     rows, columns = (stride, stride) if isinstance(stride, int) else tuple(stride)
     if (rows, columns) != (1, 1):
         x = x[:, ::rows, ::columns, :]
     shape = params_lib.shared_constant
+    if cin is None or cout is None:
+        # Channel counts known only when the call runs (a supernet's gathered
+        # candidate weights, `supernet.Choice`): the same product, shapes read.
+        matrix = tf.reshape(kernel, tf.shape(kernel)[2:])
+        y = tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(matrix)[0]])), matrix)
+        out_shape = tf.concat([tf.shape(x)[:-1], tf.shape(matrix)[1:]], axis=0)
+        y = tf.reshape(y, out_shape)
+        y.set_shape(x.shape[:-1].concatenate([cout]))
+        return y
     y = tf.matmul(tf.reshape(x, shape([-1, cin])), tf.reshape(kernel, shape([cin, cout])))
     leading = x.shape[:-1]
     if leading.is_fully_defined():

@@ -110,7 +110,8 @@ class MobileNetSupernet(sn.Supernet):
       width_multiplier: channel multiplier (1.0 is the paper's space).
       in_channels: image channels.
       se_ratio: squeeze width relative to the block input (0 disables SE).
-      selection: "switch" or "stack" (see `supernet.Choice`).
+      selection: "switch", "stack" or "gather" (see `supernet.Choice`; the six
+        candidates of a layer differ only in sizes, so "gather" runs one block).
       bn_momentum: BN running-statistics decay (Keras convention).
 
     References: Ha et al., ICLR 2022, Section 5.2; Chu et al.,

@@ -17,8 +17,11 @@ Design:
   candidate inside `tf.switch_case`; the other candidates get zero gradients
   and their BN statistics are passed through unchanged. ``selection="stack"``
   runs every candidate and gathers the chosen output (BN updates of the others
-  are masked out). ``switch`` was measured faster (see
-  `tests/nas/supernet_test.py` and the report) and is the default.
+  are masked out). ``selection="gather"`` is for candidates of one structure
+  that differ only in sizes (MobileNet's kernel sizes and expansion ratios):
+  it gathers the chosen candidate's weights and runs one copy of the block on
+  them, so the graph holds one block per layer instead of one per candidate
+  (docs/performance.md, "Session 20"). ``switch`` is the default.
 - With a Python tuple as ``arch`` the graph holds the chosen ops only (a
   standalone sub-model); flops/params tests use this as an independent count.
 - BN recalibration (SPOS Section 3.4; SUMNAS Section 4): reset the running
@@ -35,7 +38,7 @@ from tfmetanas.models import params as params_lib
 from tfmetanas.models.layers import depthwise_conv, pointwise_conv
 from tfmetanas.nas import supervised_data
 
-SELECTIONS = ("switch", "stack")
+SELECTIONS = ("switch", "stack", "gather")
 
 
 # --------------------------------------------------------------------------
@@ -81,14 +84,17 @@ class Conv(Module):
     def forward(self, x, training=False):
         del training
         strides = (1, self.stride, self.stride, 1)
+        # Values, not the variables: under `Choice`'s gathered selection a
+        # variable stands for a value of another shape.
+        kernel = self.kernel.value
         if self.depthwise:
-            y = depthwise_conv(x, self.kernel, self.stride)
+            y = depthwise_conv(x, kernel, self.stride)
         elif self.kernel_size == 1:
-            y = pointwise_conv(x, self.kernel, self.stride)
+            y = pointwise_conv(x, kernel, self.stride)
         else:
-            y = tf.nn.conv2d(x, self.kernel, strides, "SAME")
+            y = tf.nn.conv2d(x, kernel, strides, "SAME")
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.value
         return y, []
 
 
@@ -188,13 +194,39 @@ def state_variables(module):
     return list(module.non_trainable_variables)
 
 
+def _structure(module):
+    """What a block's forward pass does, apart from its sizes: the type of each
+    module in it and the settings its `forward` branches on (see `Choice`)."""
+    out = []
+    for layer in module._flatten_layers(include_self=True, recursive=True):
+        item = [type(layer)]
+        if isinstance(layer, Conv):
+            item += [layer.stride, layer.depthwise, layer.bias is not None,
+                     layer.depthwise or layer.kernel_size == 1]
+        elif isinstance(layer, BatchNorm):
+            item += [layer.affine, layer.momentum, layer.epsilon]
+        elif isinstance(layer, Sequential):
+            item += [None if isinstance(step, Module) else step for step in layer.steps]
+        elif isinstance(layer, Lambda):
+            item.append(layer.fn)
+        out.append(tuple(item))
+    return out
+
+
 class Choice(Module):
     """One layer/edge of a supernet: runs the candidate selected by `choice`.
 
     Args:
       candidates: `Module`s with identical output shapes.
-      selection: "switch" (`tf.switch_case`, only the chosen candidate runs)
-        or "stack" (all run, the chosen output is gathered).
+      selection: "switch" (`tf.switch_case`, only the chosen candidate runs),
+        "stack" (all run, the chosen output is gathered) or "gather" (the
+        chosen candidate's weights are gathered and one block runs on them;
+        needs candidates of one structure, differing only in their variables'
+        sizes).
+
+    Raises:
+      ConfigError: an unknown selection, or "gather" with candidates of
+        different structures.
     """
 
     def __init__(self, candidates, selection="switch", **kwargs):
@@ -203,7 +235,61 @@ class Choice(Module):
             raise errors.ConfigError(f"Unknown selection {selection!r}; valid: {SELECTIONS}.")
         self.candidates = list(candidates)
         self.selection = selection
+        if selection == "gather":
+            self._check_gatherable()
         self.built = True
+
+    def _check_gatherable(self):
+        template = self.candidates[0]
+        for i, candidate in enumerate(self.candidates[1:], 1):
+            same = _structure(candidate) == _structure(template) and [
+                (v.name, len(v.shape), v.dtype) for v in candidate.variables] == [
+                (v.name, len(v.shape), v.dtype) for v in template.variables]
+            if not same:
+                raise errors.ConfigError(
+                    f"{self.name}: selection='gather' needs candidates that differ only in "
+                    f"their sizes; candidate {i} ({candidate.name}) is built differently from "
+                    f"candidate 0 ({template.name}). Use selection='switch'.")
+
+    def _forward_gathered(self, x, choice, training):
+        """The chosen candidate's forward pass, run by candidate 0's modules on
+        the chosen candidate's variables.
+
+        One `tf.switch_case` picks the chosen candidate's variable values (its
+        branches only pass values through; their gradients give the other
+        candidates zeros, as a switch over whole candidates does). Candidate
+        0's modules run on them in a stateless scope, with the shapes known
+        only when the call runs: the same operations as the chosen
+        candidate's own forward pass. A second `tf.switch_case` hands the new
+        BN statistics to the chosen candidate and passes the others through.
+        """
+        template = self.candidates[0]
+        columns = list(zip(*[c.variables for c in self.candidates]))
+        num = self.num_choices
+        values = tf.switch_case(choice, [
+            (lambda i=i: [tf.identity(v.value) for v in self.candidates[i].variables])
+            for i in range(num)])
+        with keras.StatelessScope() as scope:
+            for column, value in zip(columns, values):
+                shapes = np.array([v.shape for v in column])
+                # Sizes the candidates share stay known when traced.
+                value.set_shape([int(d[0]) if (d == d[0]).all() else None for d in shapes.T])
+                scope.add_update((column[0], value))
+            y, template_updates = template.forward(x, training)
+        if not template_updates:
+            return y, []
+        position = {id(v): p for p, v in enumerate(template.variables)}
+        stats = [columns[position[id(v)]] for v, _ in template_updates]
+        new = [value for _, value in template_updates]
+
+        def hand_over(i):
+            return lambda: [[tf.ensure_shape(value, column[j].shape) if j == i
+                             else tf.identity(column[j].value) for j in range(num)]
+                            for column, value in zip(stats, new)]
+
+        out = tf.switch_case(choice, [hand_over(i) for i in range(num)])
+        return y, [(v, value) for column, values in zip(stats, out)
+                   for v, value in zip(column, values)]
 
     @property
     def num_choices(self):
@@ -214,6 +300,8 @@ class Choice(Module):
             # Static sub-model: only the chosen candidate enters the graph.
             return self.candidates[int(choice)].forward(x, training)
         choice = tf.convert_to_tensor(choice, tf.int32)
+        if self.selection == "gather":
+            return self._forward_gathered(x, choice, training)
         per_candidate = [state_variables(c) for c in self.candidates]
         all_state = [v for vs in per_candidate for v in vs]
         if self.selection == "switch":
