@@ -73,6 +73,12 @@ def _check_config(config):
             f"search.method={config.search.method!r}; valid: 'evolution', 'random'.")
     if config.model.space not in SPACES:
         SPACES.get(config.model.space)  # raises with the valid names
+    if config.model.get("selection") == "gather" and t.jit_compile:
+        # XLA needs every convolution's channel counts when it compiles.
+        raise errors.ConfigError(
+            "model.selection='gather' runs convolutions whose channel counts are known only "
+            "when the step runs, which XLA cannot compile: use train.jit_compile=False, or "
+            "model.selection='switch' with XLA.")
 
 
 def _build(config, strategy=None):

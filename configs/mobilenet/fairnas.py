@@ -38,8 +38,8 @@ def get_config():
     config.model = ml_collections.ConfigDict()
     config.model.space = "mobilenet"
     config.model.width_multiplier = 0.25  # channel multiplier (paper: 1.0); CPU-sized
-    # "gather": one block per layer on the chosen candidate's weights (the graph a third
-    # of the size, the first step about 35% sooner; docs/performance.md, "Session 20");
+    # "gather": one block per layer on the chosen candidate's weights (less than half the
+    # graph, the first step 29-45% sooner; docs/performance.md, "Session 20"; no XLA);
     # "switch" (tf.switch_case over whole candidates) or "stack" (every candidate runs).
     config.model.selection = "gather"
     config.model.bn_momentum = 0.9  # BN running-statistics decay (Keras convention)

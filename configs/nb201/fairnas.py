@@ -39,8 +39,9 @@ def get_config():
     config.model.space = "nb201"
     config.model.channels = 8  # C (benchmark: 16); CPU-sized
     config.model.cells_per_stage = 1  # N (benchmark: 5); CPU-sized
-    config.model.selection = "switch"  # "switch" (tf.switch_case) or "stack" ("gather" needs
-    # candidates of one structure: MobileNet)
+    # "switch" (tf.switch_case) or "stack"; not "gather", which needs candidates that
+    # differ only in sizes (MobileNet's).
+    config.model.selection = "switch"
     config.model.bn_momentum = 0.9  # BN running-statistics decay (Keras convention)
 
     config.train = ml_collections.ConfigDict()

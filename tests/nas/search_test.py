@@ -74,6 +74,14 @@ def test_train_resume_rank_search(tmp_path):
     assert len(out["rank"]["archs"]) == 3
 
 
+def test_gathered_selection_with_xla_is_refused_before_anything_runs(tmp_path):
+    config = _config()
+    config.model.selection, config.train.jit_compile = "gather", True
+    with pytest.raises(errors.ConfigError, match="XLA"):
+        search.search(config, str(tmp_path / "run"), ["train"])
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_the_supernet_starts_from_the_seeds_weights():
     config = _config()
     weights = [[v.numpy() for v in search._build(config)[1].trainable_variables] for _ in range(2)]

@@ -183,7 +183,9 @@ def pointwise_conv(x, kernel, stride=1):
 
     Args:
       x: NHWC activations.
-      kernel: a ``[1, 1, in, out]`` kernel (tensor or variable).
+      kernel: a ``[1, 1, in, out]`` kernel (tensor or variable); ``in`` and
+        ``out`` may be unknown when traced (a supernet's gathered candidate
+        weights), the product then reads the shapes when it runs.
       stride: an int, or ``(rows, columns)``.
     """
     kernel_shape = tf.TensorShape(kernel.shape)  # Keras variables give a tuple.
@@ -200,7 +202,7 @@ def pointwise_conv(x, kernel, stride=1):
         # Channel counts known only when the call runs (a supernet's gathered
         # candidate weights, `supernet.Choice`): the same product, shapes read.
         matrix = tf.reshape(kernel, tf.shape(kernel)[2:])
-        y = tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(matrix)[0]])), matrix)
+        y = tf.matmul(tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])), matrix)
         out_shape = tf.concat([tf.shape(x)[:-1], tf.shape(matrix)[1:]], axis=0)
         y = tf.reshape(y, out_shape)
         y.set_shape(x.shape[:-1].concatenate([cout]))

@@ -81,6 +81,9 @@ class SqueezeExcite(sn.Module):
         self.expand = sn.Conv(squeeze, channels, 1, bias=True)
         self.built = True
 
+    def gather_settings(self):
+        return ()  # Sizes only (supernet.Choice, selection="gather").
+
     def forward(self, x, training=False):
         s = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         s, _ = self.reduce.forward(s)

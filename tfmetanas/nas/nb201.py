@@ -196,7 +196,8 @@ class NB201Supernet(sn.Supernet):
       channels: C, the first stage's width (benchmark: 16).
       cells_per_stage: N (benchmark: 5).
       in_channels: image channels.
-      selection: "switch" or "stack" (see `supernet.Choice`).
+      selection: "switch" or "stack" (see `supernet.Choice`; "gather" is refused: the
+        candidates are different operations).
       bn_affine: BN gamma/beta in the candidates and skeleton.
       bn_momentum: BN running-statistics decay (Keras convention).
 

@@ -56,6 +56,17 @@ class Module(keras.layers.Layer):
     def forward(self, x, training=False):
         raise NotImplementedError  # abstract interface
 
+    def gather_settings(self):
+        """What `forward` branches on, apart from its variables' sizes; None: unknown.
+
+        `Choice(selection="gather")` runs one candidate's modules on another
+        candidate's variable values, so it needs candidates whose modules agree
+        on these settings. A subclass whose `forward` depends only on its
+        variables' values and its sub-modules returns ``()``; the default, None,
+        keeps a module out of gathered choices.
+        """
+        return None
+
     def call(self, x, training=False):
         y, updates = self.forward(x, training)
         for variable, value in updates:
@@ -80,6 +91,11 @@ class Conv(Module):
         self.kernel = params_lib.add_param(self, "kernel", shape, "he_normal")
         self.bias = params_lib.add_param(self, "bias", (self.out_channels,), "zeros") if bias else None
         self.built = True
+
+    def gather_settings(self):
+        # The kernel size matters only through the 1x1 path (its value has the size).
+        return (self.stride, self.depthwise, self.bias is not None,
+                self.depthwise or self.kernel_size == 1)
 
     def forward(self, x, training=False):
         del training
@@ -108,6 +124,9 @@ class Dense(Module):
                                            "glorot_uniform")
         self.bias = params_lib.add_param(self, "bias", (self.out_features,), "zeros")
         self.built = True
+
+    def gather_settings(self):
+        return ()
 
     def forward(self, x, training=False):
         del training
@@ -139,6 +158,9 @@ class BatchNorm(Module):
                                                initializer="ones", trainable=False)
         self.built = True
 
+    def gather_settings(self):
+        return (self.affine, self.momentum, self.epsilon)
+
     def forward(self, x, training=False):
         gamma = self.gamma if self.affine else None
         beta = self.beta if self.affine else None
@@ -165,6 +187,10 @@ class Sequential(Module):
         self.steps = list(steps)
         self.built = True
 
+    def gather_settings(self):
+        # The plain functions in order; the modules are compared on their own.
+        return tuple(None if isinstance(step, Module) else step for step in self.steps)
+
     def forward(self, x, training=False):
         updates = []
         for step in self.steps:
@@ -184,6 +210,9 @@ class Lambda(Module):
         self.fn = fn
         self.built = True
 
+    def gather_settings(self):
+        return (self.fn,)
+
     def forward(self, x, training=False):
         del training
         return self.fn(x), []
@@ -195,21 +224,14 @@ def state_variables(module):
 
 
 def _structure(module):
-    """What a block's forward pass does, apart from its sizes: the type of each
-    module in it and the settings its `forward` branches on (see `Choice`)."""
+    """What a block's forward pass does apart from its sizes: each module's type and
+    `Module.gather_settings`, in order. None if a module does not say (see `Choice`)."""
     out = []
     for layer in module._flatten_layers(include_self=True, recursive=True):
-        item = [type(layer)]
-        if isinstance(layer, Conv):
-            item += [layer.stride, layer.depthwise, layer.bias is not None,
-                     layer.depthwise or layer.kernel_size == 1]
-        elif isinstance(layer, BatchNorm):
-            item += [layer.affine, layer.momentum, layer.epsilon]
-        elif isinstance(layer, Sequential):
-            item += [None if isinstance(step, Module) else step for step in layer.steps]
-        elif isinstance(layer, Lambda):
-            item.append(layer.fn)
-        out.append(tuple(item))
+        settings = layer.gather_settings() if isinstance(layer, Module) else None
+        if settings is None:
+            return None
+        out.append((type(layer), settings))
     return out
 
 
@@ -240,9 +262,17 @@ class Choice(Module):
         self.built = True
 
     def _check_gatherable(self):
+        if not self.candidates:
+            raise errors.ConfigError(f"{self.name}: selection='gather' needs candidates.")
         template = self.candidates[0]
+        structure = _structure(template)
+        if structure is None:
+            raise errors.ConfigError(
+                f"{self.name}: selection='gather' needs modules that state what their forward "
+                f"pass branches on (Module.gather_settings); {template.name} has one that does "
+                "not. Use selection='switch'.")
         for i, candidate in enumerate(self.candidates[1:], 1):
-            same = _structure(candidate) == _structure(template) and [
+            same = _structure(candidate) == structure and [
                 (v.name, len(v.shape), v.dtype) for v in candidate.variables] == [
                 (v.name, len(v.shape), v.dtype) for v in template.variables]
             if not same:
@@ -257,11 +287,20 @@ class Choice(Module):
 
         One `tf.switch_case` picks the chosen candidate's variable values (its
         branches only pass values through; their gradients give the other
-        candidates zeros, as a switch over whole candidates does). Candidate
-        0's modules run on them in a stateless scope, with the shapes known
-        only when the call runs: the same operations as the chosen
-        candidate's own forward pass. A second `tf.switch_case` hands the new
-        BN statistics to the chosen candidate and passes the others through.
+        candidates zeros, as a switch over whole candidates does). The values
+        are read here, so inside a stateless call they are its fast weights.
+        Candidate 0's modules run on them in a nested stateless scope that maps
+        each of candidate 0's variables (and nothing else: a candidate's
+        forward pass reads only its own variables), with channel counts and
+        kernel sizes known only when the call runs: the chosen candidate's
+        convolutions and batch norms, the 1x1 ones as dynamic-shape matrix
+        products (equal to float rounding). A second `tf.switch_case` hands
+        the new BN statistics to the chosen candidate and passes the others
+        through.
+
+        Raises:
+          ConfigError: the forward pass assigned a variable (modules return
+            their BN updates instead; an assignment would be lost).
         """
         template = self.candidates[0]
         columns = list(zip(*[c.variables for c in self.candidates]))
@@ -269,13 +308,19 @@ class Choice(Module):
         values = tf.switch_case(choice, [
             (lambda i=i: [tf.identity(v.value) for v in self.candidates[i].variables])
             for i in range(num)])
-        with keras.StatelessScope() as scope:
+        with keras.StatelessScope(initialize_variables=False) as scope:
             for column, value in zip(columns, values):
                 shapes = np.array([v.shape for v in column])
                 # Sizes the candidates share stay known when traced.
                 value.set_shape([int(d[0]) if (d == d[0]).all() else None for d in shapes.T])
                 scope.add_update((column[0], value))
+            given = dict(scope.state_mapping)
             y, template_updates = template.forward(x, training)
+            if any(scope.state_mapping.get(k) is not v for k, v in given.items()) or len(
+                    scope.state_mapping) != len(given):
+                raise errors.ConfigError(
+                    f"{self.name}: a candidate's forward pass assigned a variable, which "
+                    "selection='gather' would lose; return BN updates from forward instead.")
         if not template_updates:
             return y, []
         position = {id(v): p for p, v in enumerate(template.variables)}
