@@ -1,9 +1,11 @@
 """tfmetanas.compiled: the package's tf.functions trace without AutoGraph."""
 
+import gc
 import json
 import os
 import pathlib
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -136,3 +138,56 @@ def test_a_run_from_before_the_new_keys_resumes(tmp_path):
     config.train.seed = 7
     with pytest.raises(errors.CheckpointError, match="seed"):
         workdir_lib.prepare_workdir(workdir, config)
+
+
+def _sum_of_squares_and_gradient(x):
+    # A custom gradient reading the forward pass's tensors, as the package's batch norm.
+    @tf.custom_gradient
+    def square(x):
+        return x * x, lambda dy: 2.0 * x * dy
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(square(x))
+    return y, tape.gradient(y, x)
+
+
+def test_a_released_step_lets_its_graph_go():
+    step = compiled.step(_sum_of_squares_and_gradient, trim_interval=0)
+    x = tf.constant([1.0, -2.0])
+    y, g = step(x)
+    np.testing.assert_allclose([y.numpy(), *g.numpy()], [5.0, 2.0, -4.0])
+    table = compiled._gradient_registry()
+    assert table is not None  # TensorFlow's private registry, where this version keeps it.
+    names = set(step._custom_gradients)
+    assert len(names) == 1 and names <= set(table)
+    graph = weakref.ref(step.get_concrete_function(x).graph)
+    gc.collect()
+    assert graph() is not None  # Held by the step.
+    step.release()
+    gc.collect()
+    # The traced graph is gone although the step object is still here: the
+    # registry held it through the custom gradient's function.
+    assert graph() is None
+    assert not names & set(table)
+    with pytest.raises(errors.TFMetaNASError, match="released"):
+        step(x)
+    step.release()  # Twice is fine.
+
+
+def test_steps_record_the_custom_gradients_of_every_trace_and_only_theirs():
+    step = compiled.step(_sum_of_squares_and_gradient, trim_interval=0, reduce_retracing=False)
+    other = compiled.step(_sum_of_squares_and_gradient, trim_interval=0)
+    step(tf.constant([1.0]))
+    step(tf.constant([[1.0, 2.0]]))  # A second input signature: a second trace.
+    other(tf.constant([3.0]))
+    assert len(step._custom_gradients) == 2 and len(other._custom_gradients) == 1
+    assert not step._custom_gradients & other._custom_gradients
+    step.release()
+    # The other step's registrations stay: it can still be differentiated from outside.
+    assert other._custom_gradients <= set(compiled._gradient_registry())
+    x = tf.constant([3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y, _ = other(x)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), [6.0])

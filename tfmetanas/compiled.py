@@ -36,7 +36,7 @@ def function(fn=None, **kwargs):
 
 
 def step(fn, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL, **kwargs):
-    """A training or evaluation step: `function`, first calls trimmed.
+    """A training or evaluation step: `function`, first calls trimmed, releasable.
 
     Args:
       fn: the Python function.
@@ -45,9 +45,103 @@ def step(fn, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL, **kwargs)
       **kwargs: more `tf.function` arguments (e.g. ``reduce_retracing``).
 
     Returns:
-      A `tfmetanas.memory.FirstCallTrimmed` around the `tf.function`.
+      A `Step` around the `tf.function`.
     """
-    return memory.FirstCallTrimmed(function(fn, jit_compile=jit_compile, **kwargs), trim_interval)
+    names = set()
+    return Step(function(_recording_custom_gradients(fn, names), jit_compile=jit_compile,
+                         **kwargs), trim_interval, names)
+
+
+# TensorFlow names the gradient function of each traced `tf.custom_gradient`
+# call "CustomGradient-<uid>" and registers it for good (custom_gradient.py).
+_CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
+
+
+def _gradient_registry():
+    """TensorFlow's table of registered gradient functions (a private dict), or None
+    if this TensorFlow keeps it elsewhere (then nothing is purged)."""
+    try:
+        from tensorflow.python.framework import ops
+    except ImportError:
+        return None
+    table = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return table if isinstance(table, dict) else None
+
+
+def _custom_gradient_names():
+    table = _gradient_registry()
+    if table is None:
+        return set()
+    return {name for name in list(table) if name.startswith(_CUSTOM_GRADIENT_PREFIX)}
+
+
+def _recording_custom_gradients(fn, names):
+    """`fn`, adding to `names` the custom gradients registered while it runs.
+
+    A `tf.function` runs its Python function only while tracing, so `names`
+    collects the registrations of every trace.
+    """
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        before = _custom_gradient_names()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            names.update(_custom_gradient_names() - before)
+
+    return traced
+
+
+class Step(memory.FirstCallTrimmed):
+    """A compiled step (`step`) whose graphs can be let go once it is no longer used.
+
+    TensorFlow keeps every traced `tf.custom_gradient` call's gradient function
+    in a global registry for the life of the process, and the function holds
+    the tensors of its graph (TensorFlow issues 27492 and 97697): a traced
+    graph that uses one (the package's batch norm, pooling and recomputation
+    do) is never freed, even when nothing else refers to it. `release`
+    removes the registrations this step's traces made, so that the step's
+    traced graphs and TensorFlow's instantiated copies go once the step
+    itself does. The trainer releases a meta-step when a new phase's step
+    supersedes it (METANAS' warm-up, MAML++'s derivative-order annealing):
+    after the METANAS warm-up, 200-270 MB less (docs/performance.md, "Session
+    21").
+
+    Args:
+      fn: the `tf.function`.
+      interval: see `tfmetanas.memory.FirstCallTrimmed`.
+      custom_gradients: the set the traces add their registrations to.
+    """
+
+    def __init__(self, fn, interval=memory.DEFAULT_INTERVAL, custom_gradients=None):
+        super().__init__(fn, interval)
+        self._custom_gradients = set() if custom_gradients is None else custom_gradients
+        self.released = False
+
+    def __call__(self, *args, **kwargs):
+        if self.released:
+            raise errors.TFMetaNASError("This compiled step was released; make a new one.")
+        return super().__call__(*args, **kwargs)
+
+    def release(self):
+        """Lets the step's graphs go: it cannot be called afterwards.
+
+        Drops the `tf.function` and the gradient registrations of its traces.
+        Differentiating a call of it made before (from outside: its own
+        gradients were traced with it) would then fail with TensorFlow's
+        "No gradient defined" `LookupError`. The memory is freed at the next
+        garbage collection (``gc.collect()``: the graphs hold reference cycles).
+        """
+        if self.released:
+            return
+        self.released = True
+        self.fn = None
+        table = _gradient_registry()
+        if table is not None:
+            for name in self._custom_gradients:
+                table.pop(name, None)
+        self._custom_gradients.clear()
 
 
 def configure_graph_optimizer(train_config):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmetanas import errors
+from tfmetanas import compiled, errors
 from tfmetanas.experiment import defaults, evaluate, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,11 +63,25 @@ def test_train_then_evaluate_writes_results(tmp_path):
     assert again["accuracy_mean"] == result["accuracy_mean"]
 
 
-def test_each_new_meta_step_records_its_first_call(tmp_path):
+def test_each_new_meta_step_records_its_first_call(tmp_path, monkeypatch):
     # MAML++'s derivative-order annealing: first order for 2 steps, then second.
+    made, released = [], []
+    make = compiled.step
+
+    def recorded_step(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(compiled, "step", recorded_step)
+    monkeypatch.setattr(compiled.Step, "release",
+                        lambda self, release=compiled.Step.release: (released.append(self),
+                                                                     release(self)))
     workdir = str(tmp_path / "run")
     trainer.train(tiny_config(**{"meta.second_order": True, "meta.first_order_until": 2}),
                   workdir)
+    # Three compiled steps (first-order, second-order, the validation's); the
+    # first-order one was released when the second-order one superseded it.
+    assert len(made) == 3 and released == [made[1]] and made[1].released
     recorded = {}
     for name in sorted(os.listdir(os.path.join(workdir, "train"))):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "train", name)):

@@ -7,6 +7,7 @@ validation. The strategy is ``train.distribute`` (`distribute.make_strategy`);
 under several workers only the chief writes into the workdir.
 """
 
+import gc
 import json
 import math
 import os
@@ -271,6 +272,9 @@ def _train(config, workdir, strategy, chief, scratch):
         options = tuple(sorted(algorithm.step_options(step).items()))
         compiles = options not in step_fns
         if compiles:
+            # Step options only move forward (MAML++'s DA, METANAS' warm-up): a new
+            # meta-step supersedes the previous one, whose graphs are let go.
+            _release_steps(step_fns)
             step_fns[options] = make_step(options)
         tasks = next(iterator)
         began = time.time()
@@ -399,6 +403,22 @@ def fixed_batch_step(experiment, mode="meta_step", iteration=0, second_order=Non
     return FixedBatchStep(step, (tasks, tf.constant(0, tf.int64)),
                           lambda i: trimmed(tasks, tf.constant(i, tf.int64)),
                           int(algorithm.learner.inner_steps), bool(options["second_order"]))
+
+
+def _release_steps(step_fns):
+    """Releases the compiled steps in the dict `step_fns` and empties it.
+
+    Their traced and instantiated graphs (hundreds of MB for a METANAS step)
+    would otherwise stay for the rest of the run (`compiled.Step`). Options that
+    came back would trace their step again.
+    """
+    if not step_fns:
+        return
+    for options, step in step_fns.items():
+        step.release()
+        logging.info("Released the meta-step for %s.", dict(options))
+    step_fns.clear()
+    gc.collect()
 
 
 def check_xla(config, jit_compile):

@@ -148,7 +148,9 @@ class Algorithm:
         """Keyword arguments of the meta-step at `iteration`.
 
         The trainer traces one step function per distinct value (MAML++'s DA
-        switches `second_order`; METANAS' warm-up switches `adapt_groups`).
+        switches `second_order`; METANAS' warm-up switches `adapt_groups`) and
+        releases the previous one when the value changes: values are meant to
+        change rarely and not to come back (one that did would be traced again).
         """
         return {"second_order": self.second_order(iteration)}
 
