@@ -117,20 +117,42 @@ def _evaluator(config, data, model):
         data.val_pixels, data.val_labels, batch_size=r.eval_batch_size)
 
 
-def train(config, workdir, data, model, trainer, chief=True, save_dir=None):
+def _shared_evaluator(config, data, model):
+    """A function returning one `SubmodelEvaluator` for every stage of a run, built
+    when first asked for.
+
+    Each evaluator traces the supernet's calibration and scoring graphs, and
+    TensorFlow keeps a traced graph with batch norms for the life of the
+    process (`compiled.Step`), so a second evaluator would cost its tracing
+    time and its graphs' memory again. The calibration batches are fixed, so
+    one evaluator gives every stage the same numbers a new one would.
+    """
+    made = []
+
+    def get():
+        if not made:
+            made.append(_evaluator(config, data, model))
+        return made[0]
+
+    return get
+
+
+def train(config, workdir, data, model, trainer, chief=True, save_dir=None, evaluator=None):
     """The ``train`` stage; returns the last metrics (floats).
 
     Under a multi-worker strategy every worker runs it; only the chief writes
     summaries, and the others save their checkpoints under `save_dir` (a
-    scratch directory) instead of the workdir.
+    scratch directory) instead of the workdir. `evaluator`: a function returning
+    the `SubmodelEvaluator` of the evaluations during training (None: one of its
+    own, built at the first).
     """
+    get_evaluator = evaluator or _shared_evaluator(config, data, model)
     t = config.train
     checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
     manager = workdir_lib.checkpoint_manager(save_dir or workdir, checkpoint)
     if workdir_lib.has_checkpoint(workdir):
         workdir_lib.restore(workdir, checkpoint)
     writers = workdir_lib.summary_writers(workdir) if chief else {}
-    evaluator = None
     metrics, start = {}, time.time()
     step = int(trainer.step.numpy())
     first = step
@@ -158,10 +180,9 @@ def train(config, workdir, data, model, trainer, chief=True, save_dir=None):
                     tf.summary.scalar(f"train/{key}", value)
                 tf.summary.scalar("train/steps_per_second", step / max(time.time() - start, 1e-9))
         if chief and (step % int(t.eval_every) == 0 or step == int(t.steps)):
-            evaluator = evaluator or _evaluator(config, data, model)
             archs = sn.sample_archs(int(config.search.rank.eval_archs_during_training),
                                     model.num_layers, model.num_choices, seed=t.seed)
-            acc = np.mean([r["accuracy"] for r in evaluator.evaluate_many(archs)])
+            acc = np.mean([r["accuracy"] for r in get_evaluator().evaluate_many(archs)])
             with writers["eval"].as_default(step=step):
                 tf.summary.scalar("eval/submodel_accuracy", acc)
         if step % int(t.checkpoint_every) == 0 or step == int(t.steps):
@@ -196,8 +217,11 @@ def _reference(config, archs):
     return [entries[tuple(a)] for a in archs]
 
 
-def rank(config, workdir, data, model):
-    """The ``rank`` stage: supernet accuracy vs reference, written to rank.json."""
+def rank(config, workdir, data, model, evaluator=None):
+    """The ``rank`` stage: supernet accuracy vs reference, written to rank.json.
+
+    `evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
+    """
     r = config.search.rank
     if r.reference not in ("oracle", "none") and os.path.exists(r.reference):
         import json
@@ -207,7 +231,7 @@ def rank(config, workdir, data, model):
     else:
         archs = sn.sample_archs(int(r.num_archs), model.num_layers, model.num_choices,
                                 seed=int(r.seed))
-    results = _evaluator(config, data, model).evaluate_many(archs)
+    results = (evaluator or _shared_evaluator(config, data, model))().evaluate_many(archs)
     predicted = [x["accuracy"] for x in results]
     out = {"archs": [{"arch": [int(v) for v in a], **res} for a, res in zip(archs, results)]}
     reference = _reference(config, archs)
@@ -219,10 +243,13 @@ def rank(config, workdir, data, model):
     return out
 
 
-def search_stage(config, workdir, data, model):
-    """The ``search`` stage: evolution scored by the supernet, written to search.json."""
+def search_stage(config, workdir, data, model, evaluator=None):
+    """The ``search`` stage: evolution scored by the supernet, written to search.json.
+
+    `evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
+    """
     s = config.search
-    evaluator = _evaluator(config, data, model)
+    evaluator = (evaluator or _shared_evaluator(config, data, model))()
     size = int(config.data.image_size)
     constraint = None
     if s.max_macs is not None:
@@ -280,21 +307,24 @@ def search(config, workdir, stages=STAGES):
     data, model, trainer = _build(config, strategy)
     workdir_lib.prepare_workdir(workdir, config, write=chief)
     results = {}
+    evaluator = _shared_evaluator(config, data, model)
     scratch = distribute.WorkerScratch(strategy)
     try:
         if "train" in stages:
             results["train"] = train(config, workdir, data, model, trainer, chief=chief,
-                                     save_dir=scratch.path)
+                                     save_dir=scratch.path, evaluator=evaluator)
         elif stages:
             _restore_trained(workdir, trainer)
     finally:
         scratch.cleanup()
+    # The training step's graphs are not needed by the stages after it.
+    trainer.release()
     # Ranking and search evaluate sub-models one by one outside the strategy:
     # the chief runs them and writes their JSON.
     if chief and "rank" in stages:
-        results["rank"] = rank(config, workdir, data, model)
+        results["rank"] = rank(config, workdir, data, model, evaluator)
     if chief and "search" in stages:
-        results["search"] = search_stage(config, workdir, data, model)
+        results["search"] = search_stage(config, workdir, data, model, evaluator)
     return results
 
 

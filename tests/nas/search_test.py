@@ -74,6 +74,27 @@ def test_train_resume_rank_search(tmp_path):
     assert len(out["rank"]["archs"]) == 3
 
 
+def test_one_evaluator_serves_every_stage_and_training_graphs_are_let_go(tmp_path, monkeypatch):
+    made, released = [], []
+    make = search._evaluator
+    monkeypatch.setattr(search, "_evaluator", lambda *a: made.append(make(*a)) or made[-1])
+    release = search.sumnas.SupernetTrainer.release
+    monkeypatch.setattr(search.sumnas.SupernetTrainer, "release",
+                        lambda self: (released.append(self), release(self)))
+    workdir = str(tmp_path / "run")
+    config = _config()
+    config.train.eval_every = 1  # evaluations during training, then ranking and search
+    out = search.search(config, workdir, ["train", "rank", "search"])
+    assert len(made) == 1 and len(released) == 1
+    with pytest.raises(errors.TFMetaNASError, match="released"):
+        released[0].train_step(np.zeros([1, 8, 8, 1], np.float32), np.zeros([1], np.int32))
+    # The shared evaluator ranks as a new one does in a new run on the checkpoint.
+    again = search.search(config, workdir, ["rank"])
+    assert len(made) == 2
+    assert [a["accuracy"] for a in out["rank"]["archs"]] == [
+        a["accuracy"] for a in again["rank"]["archs"]]
+
+
 def test_gathered_selection_with_xla_is_refused_before_anything_runs(tmp_path):
     config = _config()
     config.model.selection, config.train.jit_compile = "gather", True

@@ -50,6 +50,7 @@ trains one path per step, which leaves nothing to split but the data, so it
 is refused on several replicas.
 """
 
+import gc
 import math
 
 import keras
@@ -343,6 +344,13 @@ class SupernetTrainer:
             "param_norm": tf.norm(new_flat),
             "learning_rate": tf.cast(self.learning_rate(step), tf.float32),
         }
+
+    def release(self):
+        """Lets the training step's graphs go (`compiled.Step.release`): a process
+        that goes on to rank or search the trained supernet no longer needs them.
+        `train_step` cannot be called afterwards."""
+        self._train_step.release()
+        gc.collect()
 
     def train_step(self, images, labels):
         """One step on a batch; returns scalar metrics (tensors).
