@@ -172,10 +172,12 @@ def test_a_released_step_lets_its_graph_go():
     assert not names & set(table)
     with pytest.raises(errors.TFMetaNASError, match="released"):
         step(x)
+    with pytest.raises(errors.TFMetaNASError, match="released"):
+        step.get_concrete_function(x)
     step.release()  # Twice is fine.
 
 
-def test_steps_record_the_custom_gradients_of_every_trace_and_only_theirs():
+def test_steps_traced_one_after_another_record_the_custom_gradients_of_their_own_traces():
     step = compiled.step(_sum_of_squares_and_gradient, trim_interval=0, reduce_retracing=False)
     other = compiled.step(_sum_of_squares_and_gradient, trim_interval=0)
     step(tf.constant([1.0]))

@@ -49,7 +49,7 @@ def step(fn, jit_compile=False, trim_interval=memory.DEFAULT_INTERVAL, **kwargs)
     """
     names = set()
     return Step(function(_recording_custom_gradients(fn, names), jit_compile=jit_compile,
-                         **kwargs), trim_interval, names)
+                         **kwargs), trim_interval, custom_gradients=names)
 
 
 # TensorFlow names the gradient function of each traced `tf.custom_gradient`
@@ -104,25 +104,43 @@ class Step(memory.FirstCallTrimmed):
     removes the registrations this step's traces made, so that the step's
     traced graphs and TensorFlow's instantiated copies go once the step
     itself does. The trainer releases a meta-step when a new phase's step
-    supersedes it (METANAS' warm-up, MAML++'s derivative-order annealing):
-    after the METANAS warm-up, 200-270 MB less (docs/performance.md, "Session
-    21").
+    supersedes it (METANAS' warm-up, MAML++'s derivative-order annealing): a
+    short METANAS run across the warm-up peaked 285-289 MB lower
+    (docs/performance.md, "Session 21").
+
+    What a step records is every registration made while it traced: also
+    those of a `tf.function` first traced inside it, and of another thread
+    tracing at the same time. So release a step only when no function traced
+    inside it is used elsewhere and no other trace ran alongside (the
+    package's steps call no other `tf.function`, and trace one at a time); a
+    graph whose registrations went would fail to differentiate with
+    TensorFlow's "No gradient defined" `LookupError`.
 
     Args:
       fn: the `tf.function`.
-      interval: see `tfmetanas.memory.FirstCallTrimmed`.
-      custom_gradients: the set the traces add their registrations to.
+      interval, trim: see `tfmetanas.memory.FirstCallTrimmed`.
+      custom_gradients: the set `fn`'s traces add their registrations to
+        (`step` makes it; None: nothing recorded, `release` only drops `fn`).
     """
 
-    def __init__(self, fn, interval=memory.DEFAULT_INTERVAL, custom_gradients=None):
-        super().__init__(fn, interval)
+    def __init__(self, fn, interval=memory.DEFAULT_INTERVAL, trim=None, *, custom_gradients=None):
+        super().__init__(fn, interval, trim)
         self._custom_gradients = set() if custom_gradients is None else custom_gradients
         self.released = False
 
-    def __call__(self, *args, **kwargs):
+    def _check(self):
         if self.released:
             raise errors.TFMetaNASError("This compiled step was released; make a new one.")
+
+    def __call__(self, *args, **kwargs):
+        self._check()
         return super().__call__(*args, **kwargs)
+
+    def __getattr__(self, name):
+        # The wrapped function's API (get_concrete_function, ...), refused once released.
+        if name not in ("fn", "released"):
+            self._check()
+        return super().__getattr__(name)
 
     def release(self):
         """Lets the step's graphs go: it cannot be called afterwards.

@@ -17,6 +17,7 @@ Stages (``--stages=train,rank,search``, any subset, in this order):
   python -m tfmetanas.search --config=configs/nb201/sumnas.py --workdir=/tmp/sumnas
 """
 
+import gc
 import os
 import time
 
@@ -117,36 +118,42 @@ def _evaluator(config, data, model):
         data.val_pixels, data.val_labels, batch_size=r.eval_batch_size)
 
 
-def _shared_evaluator(config, data, model):
-    """A function returning one `SubmodelEvaluator` for every stage of a run, built
-    when first asked for.
+class _SharedEvaluator:
+    """One `SubmodelEvaluator` for every stage of a run, built when first called for.
 
     Each evaluator traces the supernet's calibration and scoring graphs, and
-    TensorFlow keeps a traced graph with batch norms for the life of the
-    process (`compiled.Step`), so a second evaluator would cost its tracing
-    time and its graphs' memory again. The calibration batches are fixed, so
-    one evaluator gives every stage the same numbers a new one would.
+    TensorFlow keeps a traced graph with batch norms until it is released
+    (`compiled.Step`), so a second evaluator would cost its tracing time and
+    its graphs' memory again. The calibration batches are fixed, so one
+    evaluator gives every stage the numbers a new one would.
     """
-    made = []
 
-    def get():
-        if not made:
-            made.append(_evaluator(config, data, model))
-        return made[0]
+    def __init__(self, config, data, model):
+        self._args = (config, data, model)
+        self._evaluator = None
 
-    return get
+    def __call__(self):
+        if self._evaluator is None:
+            self._evaluator = _evaluator(*self._args)
+        return self._evaluator
+
+    def release(self):
+        if self._evaluator is not None:
+            self._evaluator.release()
+            self._evaluator = None
 
 
-def train(config, workdir, data, model, trainer, chief=True, save_dir=None, evaluator=None):
+def train(config, workdir, data, model, trainer, chief=True, save_dir=None,
+          get_evaluator=None):
     """The ``train`` stage; returns the last metrics (floats).
 
     Under a multi-worker strategy every worker runs it; only the chief writes
     summaries, and the others save their checkpoints under `save_dir` (a
-    scratch directory) instead of the workdir. `evaluator`: a function returning
-    the `SubmodelEvaluator` of the evaluations during training (None: one of its
-    own, built at the first).
+    scratch directory) instead of the workdir. `get_evaluator`: a function
+    returning the `SubmodelEvaluator` of the evaluations during training (None:
+    one of its own, built at the first).
     """
-    get_evaluator = evaluator or _shared_evaluator(config, data, model)
+    get_evaluator = get_evaluator or _SharedEvaluator(config, data, model)
     t = config.train
     checkpoint = tf.train.Checkpoint(**trainer.checkpoint_items())
     manager = workdir_lib.checkpoint_manager(save_dir or workdir, checkpoint)
@@ -217,10 +224,10 @@ def _reference(config, archs):
     return [entries[tuple(a)] for a in archs]
 
 
-def rank(config, workdir, data, model, evaluator=None):
+def rank(config, workdir, data, model, get_evaluator=None):
     """The ``rank`` stage: supernet accuracy vs reference, written to rank.json.
 
-    `evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
+    `get_evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
     """
     r = config.search.rank
     if r.reference not in ("oracle", "none") and os.path.exists(r.reference):
@@ -231,7 +238,7 @@ def rank(config, workdir, data, model, evaluator=None):
     else:
         archs = sn.sample_archs(int(r.num_archs), model.num_layers, model.num_choices,
                                 seed=int(r.seed))
-    results = (evaluator or _shared_evaluator(config, data, model))().evaluate_many(archs)
+    results = (get_evaluator or _SharedEvaluator(config, data, model))().evaluate_many(archs)
     predicted = [x["accuracy"] for x in results]
     out = {"archs": [{"arch": [int(v) for v in a], **res} for a, res in zip(archs, results)]}
     reference = _reference(config, archs)
@@ -243,13 +250,13 @@ def rank(config, workdir, data, model, evaluator=None):
     return out
 
 
-def search_stage(config, workdir, data, model, evaluator=None):
+def search_stage(config, workdir, data, model, get_evaluator=None):
     """The ``search`` stage: evolution scored by the supernet, written to search.json.
 
-    `evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
+    `get_evaluator`: as `train`'s (None: a new `SubmodelEvaluator`).
     """
     s = config.search
-    evaluator = (evaluator or _shared_evaluator(config, data, model))()
+    evaluator = (get_evaluator or _SharedEvaluator(config, data, model))()
     size = int(config.data.image_size)
     constraint = None
     if s.max_macs is not None:
@@ -307,24 +314,28 @@ def search(config, workdir, stages=STAGES):
     data, model, trainer = _build(config, strategy)
     workdir_lib.prepare_workdir(workdir, config, write=chief)
     results = {}
-    evaluator = _shared_evaluator(config, data, model)
+    evaluator = _SharedEvaluator(config, data, model)
     scratch = distribute.WorkerScratch(strategy)
     try:
-        if "train" in stages:
-            results["train"] = train(config, workdir, data, model, trainer, chief=chief,
-                                     save_dir=scratch.path, evaluator=evaluator)
-        elif stages:
-            _restore_trained(workdir, trainer)
+        try:
+            if "train" in stages:
+                results["train"] = train(config, workdir, data, model, trainer, chief=chief,
+                                         save_dir=scratch.path, get_evaluator=evaluator)
+            elif stages:
+                _restore_trained(workdir, trainer)
+        finally:
+            scratch.cleanup()
+            # The training step's graphs are not needed by the stages after it.
+            trainer.release()
+        # Ranking and search evaluate sub-models one by one outside the strategy:
+        # the chief runs them and writes their JSON.
+        if chief and "rank" in stages:
+            results["rank"] = rank(config, workdir, data, model, evaluator)
+        if chief and "search" in stages:
+            results["search"] = search_stage(config, workdir, data, model, evaluator)
     finally:
-        scratch.cleanup()
-    # The training step's graphs are not needed by the stages after it.
-    trainer.release()
-    # Ranking and search evaluate sub-models one by one outside the strategy:
-    # the chief runs them and writes their JSON.
-    if chief and "rank" in stages:
-        results["rank"] = rank(config, workdir, data, model, evaluator)
-    if chief and "search" in stages:
-        results["search"] = search_stage(config, workdir, data, model, evaluator)
+        evaluator.release()  # For callers that run several searches in one process.
+        gc.collect()
     return results
 
 

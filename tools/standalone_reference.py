@@ -49,7 +49,11 @@ def train_standalone(config, data, arch, seed, steps, learning_rate):
         images, labels = data.batch(step + 1000 * seed, int(config.train.batch_size))
         _, rule_state = step_fn(tf.constant(step), images, labels, arch_t, rule_state)
     evaluator = sn.SubmodelEvaluator(model, [], data.val_pixels, data.val_labels)
-    return evaluator.score(arch)[0]  # running BN statistics of the standalone run
+    accuracy = evaluator.score(arch)[0]  # running BN statistics of the standalone run
+    # Each run's graphs would otherwise stay for the whole study (compiled.Step).
+    step_fn.release()
+    evaluator.release()
+    return accuracy
 
 
 def main(argv):

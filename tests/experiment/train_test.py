@@ -79,9 +79,11 @@ def test_each_new_meta_step_records_its_first_call(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     trainer.train(tiny_config(**{"meta.second_order": True, "meta.first_order_until": 2}),
                   workdir)
-    # Three compiled steps (first-order, second-order, the validation's); the
-    # first-order one was released when the second-order one superseded it.
-    assert len(made) == 3 and released == [made[1]] and made[1].released
+    # Three compiled steps: the validation's, the first-order and the second-order
+    # meta-step. The first-order one was released when the second-order one
+    # superseded it, the others when training ended.
+    assert len(made) == 3 and released == [made[1], made[0], made[2]]
+    assert all(step.released for step in made)
     recorded = {}
     for name in sorted(os.listdir(os.path.join(workdir, "train"))):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "train", name)):

@@ -90,9 +90,9 @@ def test_one_evaluator_serves_every_stage_and_training_graphs_are_let_go(tmp_pat
         released[0].train_step(np.zeros([1, 8, 8, 1], np.float32), np.zeros([1], np.int32))
     # The shared evaluator ranks as a new one does in a new run on the checkpoint.
     again = search.search(config, workdir, ["rank"])
-    assert len(made) == 2
-    assert [a["accuracy"] for a in out["rank"]["archs"]] == [
-        a["accuracy"] for a in again["rank"]["archs"]]
+    assert len(made) == 2 and all(e._score.released for e in made)
+    for a, b in zip(out["rank"]["archs"], again["rank"]["archs"]):
+        assert (a["accuracy"], a["loss"]) == (b["accuracy"], b["loss"])
 
 
 def test_gathered_selection_with_xla_is_refused_before_anything_runs(tmp_path):

@@ -59,6 +59,11 @@ class Evaluator:
         self.kind = kind
         self._fn = compiled.step(self._batch, jit_compile, trim_interval, reduce_retracing=True)
 
+    def release(self):
+        """Lets the evaluation graphs go (`compiled.Step.release`); the evaluator
+        cannot run afterwards."""
+        self._fn.release()
+
     def _batch(self, tasks):
         batch = tf.shape(tasks["support_x"])[0]
         # What `Algorithm.record` keeps per task (METANAS: the adapted architecture).

@@ -334,6 +334,9 @@ def _train(config, workdir, strategy, chief, scratch):
         if w is not None:
             w.flush()
     logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
+    # For callers that train several runs in one process (tests, studies, notebooks).
+    evaluator.release()
+    _release_steps(step_fns)
     return last_summary, exp
 
 

@@ -512,16 +512,16 @@ def sample_archs(num_archs, num_layers, num_choices, seed):
 
 
 def fixed_arch_train_step(fm, rule):
-    """A `tf.function` training the weights of `fm` on one sub-model per call.
+    """A compiled step training the weights of `fm` on one sub-model per call.
 
     ``step(step, images, labels, arch, rule_state) -> (loss, rule_state)``:
     cross-entropy of the sub-model `arch` (an int tensor, so one trace serves
     every architecture), one update of `rule` on the `weights` group, and the
     new weights and BN statistics assigned to the model. Standalone training
-    of sampled architectures (ranking references) uses it.
+    of sampled architectures (ranking references) uses it; ``step.release()``
+    lets its graphs go (`compiled.Step`).
     """
 
-    @compiled.function
     def step(step, images, labels, arch, rule_state):
         params = fm.params("weights")
         with tf.GradientTape() as tape:
@@ -535,7 +535,7 @@ def fixed_arch_train_step(fm, rule):
         fm.assign_state(state)
         return loss, rule_state
 
-    return step
+    return compiled.step(step, trim_interval=0)
 
 
 class SubmodelEvaluator:
@@ -579,9 +579,17 @@ class SubmodelEvaluator:
         # smaller, and a second trace of a supernet's forward pass costs seconds.
         images = tf.TensorSpec([None, *self.val_images.shape[1:]], tf.float32)
         arch = tf.TensorSpec([model.num_layers], tf.int32)
-        self._stats = compiled.function(self._batch_stats, input_signature=(images, arch))
-        self._score = compiled.function(
-            self._batch_score, input_signature=(images, tf.TensorSpec([None], tf.int32), arch))
+        self._stats = compiled.step(self._batch_stats, trim_interval=0,
+                                    input_signature=(images, arch))
+        self._score = compiled.step(
+            self._batch_score, trim_interval=0,
+            input_signature=(images, tf.TensorSpec([None], tf.int32), arch))
+
+    def release(self):
+        """Lets the evaluator's graphs go (`compiled.Step.release`); it cannot
+        evaluate afterwards."""
+        self._stats.release()
+        self._score.release()
 
     def _batch_stats(self, images, arch):
         # From zero statistics a BN layer with momentum m returns (1 - m) *
