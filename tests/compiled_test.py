@@ -1,5 +1,6 @@
 """tfmetanas.compiled: the package's tf.functions trace without AutoGraph."""
 
+import copy
 import gc
 import json
 import os
@@ -174,6 +175,8 @@ def test_a_released_step_lets_its_graph_go():
         step(x)
     with pytest.raises(errors.TFMetaNASError, match="released"):
         step.get_concrete_function(x)
+    assert not hasattr(step, "get_concrete_function")
+    copy.deepcopy(step)
     step.release()  # Twice is fine.
 
 

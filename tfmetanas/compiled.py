@@ -93,6 +93,11 @@ def _recording_custom_gradients(fn, names):
     return traced
 
 
+
+class _ReleasedAttributeError(errors.TFMetaNASError, AttributeError):
+    """An attribute of a released `Step`."""
+
+
 class Step(memory.FirstCallTrimmed):
     """A compiled step (`step`) whose graphs can be let go once it is no longer used.
 
@@ -128,18 +133,18 @@ class Step(memory.FirstCallTrimmed):
         self._custom_gradients = set() if custom_gradients is None else custom_gradients
         self.released = False
 
-    def _check(self):
+    def __call__(self, *args, **kwargs):
         if self.released:
             raise errors.TFMetaNASError("This compiled step was released; make a new one.")
-
-    def __call__(self, *args, **kwargs):
-        self._check()
         return super().__call__(*args, **kwargs)
 
     def __getattr__(self, name):
-        # The wrapped function's API (get_concrete_function, ...), refused once released.
-        if name not in ("fn", "released"):
-            self._check()
+        # The wrapped function's API (get_concrete_function, ...), refused once
+        # released; an AttributeError too, so that hasattr, getattr with a
+        # default and copying see a missing attribute.
+        if not name.startswith("__") and name not in ("fn", "released") and self.released:
+            raise _ReleasedAttributeError(
+                f"This compiled step was released; it has no {name!r} any more.")
         return super().__getattr__(name)
 
     def release(self):

@@ -91,6 +91,7 @@ def test_one_evaluator_serves_every_stage_and_training_graphs_are_let_go(tmp_pat
     # The shared evaluator ranks as a new one does in a new run on the checkpoint.
     again = search.search(config, workdir, ["rank"])
     assert len(made) == 2 and all(e._score.released for e in made)
+    assert len(out["rank"]["archs"]) == len(again["rank"]["archs"]) == 3
     for a, b in zip(out["rank"]["archs"], again["rank"]["archs"]):
         assert (a["accuracy"], a["loss"]) == (b["accuracy"], b["loss"])
 

@@ -240,103 +240,106 @@ def _train(config, workdir, strategy, chief, scratch):
     step_fns = {}
     evaluator = evaluation.Evaluator(algorithm, exp.kind, jit_compile=False,
                                      trim_interval=trim_interval)
-    num_eval_tasks = int(config.eval.get("num_val_tasks", config.eval.num_tasks))
+    try:
+        num_eval_tasks = int(config.eval.get("num_val_tasks", config.eval.num_tasks))
 
-    def validate_and_checkpoint(step):
-        # Every worker validates (outside the strategy, on its own copy of the
-        # identical variables), so all take the same best/latest decisions
-        # and call `save` at the same points; only the chief records.
-        summary, _ = evaluator.run(val_source, num_eval_tasks, int(config.eval.get("batch_size", 10)))
-        _scalars(writers["eval"], step, {"val/" + k: v for k, v in summary.items()
-                                          if isinstance(v, (int, float))})
-        metric = exp.metric_of(summary)
-        if chief:
-            with open(os.path.join(workdir, "val_curve.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step,
-                                    "train_seconds": round(time.time() - t0 + elapsed0, 1),
-                                    **summary}) + "\n")
-        prev = float(exp.best_metric.numpy())
-        improved = math.isnan(prev) or (metric > prev if exp.higher_is_better() else metric < prev)
-        if improved:
-            exp.best_metric.assign(metric)
-            best.save(checkpoint_number=step)
-        latest.save(checkpoint_number=step)
-        logging.info("step %d validation: %s%s", step, summary, " (best)" if improved else "")
-        return summary
+        def validate_and_checkpoint(step):
+            # Every worker validates (outside the strategy, on its own copy of the
+            # identical variables), so all take the same best/latest decisions
+            # and call `save` at the same points; only the chief records.
+            summary, _ = evaluator.run(val_source, num_eval_tasks, int(config.eval.get("batch_size", 10)))
+            _scalars(writers["eval"], step, {"val/" + k: v for k, v in summary.items()
+                                              if isinstance(v, (int, float))})
+            metric = exp.metric_of(summary)
+            if chief:
+                with open(os.path.join(workdir, "val_curve.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step,
+                                        "train_seconds": round(time.time() - t0 + elapsed0, 1),
+                                        **summary}) + "\n")
+            prev = float(exp.best_metric.numpy())
+            improved = math.isnan(prev) or (metric > prev if exp.higher_is_better() else metric < prev)
+            if improved:
+                exp.best_metric.assign(metric)
+                best.save(checkpoint_number=step)
+            latest.save(checkpoint_number=step)
+            logging.info("step %d validation: %s%s", step, summary, " (best)" if improved else "")
+            return summary
 
-    # The loop.
-    last_summary = {}
-    elapsed0 = float(exp.train_seconds.numpy())
-    t0, last_log, last_log_step = time.time(), time.time(), start
-    for step in range(start, steps):
-        options = tuple(sorted(algorithm.step_options(step).items()))
-        compiles = options not in step_fns
-        if compiles:
-            # Step options only move forward (MAML++'s DA, METANAS' warm-up): a new
-            # meta-step supersedes the previous one, whose graphs are let go.
-            _release_steps(step_fns)
-            step_fns[options] = make_step(options)
-        tasks = next(iterator)
-        began = time.time()
-        metrics = step_fns[options](tasks, tf.constant(step, tf.int64))
-        loss = float(metrics["meta/loss"])
-        if compiles:
-            # A new meta-step (the first, or a phase's: MAML++'s DA, METANAS'
-            # warm-up) is traced and compiled in its first call.
-            seconds = time.time() - began
-            logging.info("Step %d: first call of the meta-step for %s (tracing, compiling, "
-                         "running): %.1f s.", step + 1, dict(options), seconds)
-            _scalars(writers["train"], step + 1, {"train/first_step_seconds": seconds})
-        if not math.isfinite(loss):
-            raise errors.NonFiniteLossError(
-                f"Non-finite meta-loss {loss} at step {step}. The last good checkpoint in "
-                f"{workdir}/checkpoints is untouched; lower meta.lr or inner.lr and resume."
-            )
-        exp.step.assign(step + 1)
-        exp.train_seconds.assign(time.time() - t0 + elapsed0)
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            values = {k: v.numpy() for k, v in metrics.items()}
-            values.update(_learning_rates(algorithm, step))
-            values.update(algorithm.scalars(step))
-            values["meta/param_norm"] = float(
-                tf.linalg.global_norm(algorithm.meta_learner.variables or [tf.zeros([])])
-            )
-            _scalars(writers["train"], done, values)
-            rate = (done - last_log_step) / max(time.time() - last_log, 1e-9)
-            eta = (steps - done) / max(rate, 1e-9)
-            line = (
-                f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
-                f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}"
-            )
-            if config.train.get("progress", True) and chief:
-                print(line, flush=True)
-            else:
-                logging.info("%s", line)
-            last_log, last_log_step = time.time(), done
-        if eval_every and done % eval_every == 0:
-            last_summary = validate_and_checkpoint(done)
-        elif done % ckpt_every == 0:
-            latest.save(checkpoint_number=done)
-        # Workers stop together: one that left the loop alone would leave the
-        # others waiting in the next step's all-reduce.
-        if time_limit and distribute.any_worker(
-            strategy, time.time() - t0 + elapsed0 >= time_limit
-        ):
-            logging.info("Stopping at step %d: train.time_limit_minutes reached.", done)
-            break
+        # The loop.
+        last_summary = {}
+        elapsed0 = float(exp.train_seconds.numpy())
+        t0, last_log, last_log_step = time.time(), time.time(), start
+        for step in range(start, steps):
+            options = tuple(sorted(algorithm.step_options(step).items()))
+            compiles = options not in step_fns
+            if compiles:
+                # Step options only move forward (MAML++'s DA, METANAS' warm-up): a new
+                # meta-step supersedes the previous one, whose graphs are let go.
+                _release_steps(step_fns)
+                step_fns[options] = make_step(options)
+            tasks = next(iterator)
+            began = time.time()
+            metrics = step_fns[options](tasks, tf.constant(step, tf.int64))
+            loss = float(metrics["meta/loss"])
+            if compiles:
+                # A new meta-step (the first, or a phase's: MAML++'s DA, METANAS'
+                # warm-up) is traced and compiled in its first call.
+                seconds = time.time() - began
+                logging.info("Step %d: first call of the meta-step for %s (tracing, compiling, "
+                             "running): %.1f s.", step + 1, dict(options), seconds)
+                _scalars(writers["train"], step + 1, {"train/first_step_seconds": seconds})
+            if not math.isfinite(loss):
+                raise errors.NonFiniteLossError(
+                    f"Non-finite meta-loss {loss} at step {step}. The last good checkpoint in "
+                    f"{workdir}/checkpoints is untouched; lower meta.lr or inner.lr and resume."
+                )
+            exp.step.assign(step + 1)
+            exp.train_seconds.assign(time.time() - t0 + elapsed0)
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                values = {k: v.numpy() for k, v in metrics.items()}
+                values.update(_learning_rates(algorithm, step))
+                values.update(algorithm.scalars(step))
+                values["meta/param_norm"] = float(
+                    tf.linalg.global_norm(algorithm.meta_learner.variables or [tf.zeros([])])
+                )
+                _scalars(writers["train"], done, values)
+                rate = (done - last_log_step) / max(time.time() - last_log, 1e-9)
+                eta = (steps - done) / max(rate, 1e-9)
+                line = (
+                    f"step {done}/{steps}  {rate:.2f} it/s  ETA {eta / 60:.1f} min  "
+                    f"loss {loss:.4f}  query {np.asarray(values['query/metric'])[-1]:.4f}"
+                )
+                if config.train.get("progress", True) and chief:
+                    print(line, flush=True)
+                else:
+                    logging.info("%s", line)
+                last_log, last_log_step = time.time(), done
+            if eval_every and done % eval_every == 0:
+                last_summary = validate_and_checkpoint(done)
+            elif done % ckpt_every == 0:
+                latest.save(checkpoint_number=done)
+            # Workers stop together: one that left the loop alone would leave the
+            # others waiting in the next step's all-reduce.
+            if time_limit and distribute.any_worker(
+                strategy, time.time() - t0 + elapsed0 >= time_limit
+            ):
+                logging.info("Stopping at step %d: train.time_limit_minutes reached.", done)
+                break
 
-    # Final validation and checkpoint (if the last step did not already).
-    final = int(exp.step.numpy())
-    if not (eval_every and final % eval_every == 0 and final > start):
-        last_summary = validate_and_checkpoint(final)
-    for w in writers.values():
-        if w is not None:
-            w.flush()
-    logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
-    # For callers that train several runs in one process (tests, studies, notebooks).
-    evaluator.release()
-    _release_steps(step_fns)
+        # Final validation and checkpoint (if the last step did not already).
+        final = int(exp.step.numpy())
+        if not (eval_every and final % eval_every == 0 and final > start):
+            last_summary = validate_and_checkpoint(final)
+        for w in writers.values():
+            if w is not None:
+                w.flush()
+        logging.info("Trained %d steps in %.1f s.", final - start, time.time() - t0)
+    finally:
+        # For callers that train several runs in one process (tests, studies, notebooks),
+        # also when the run stops on an error.
+        evaluator.release()
+        _release_steps(step_fns)
     return last_summary, exp
 
 
