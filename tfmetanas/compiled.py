@@ -110,7 +110,7 @@ class Step(memory.FirstCallTrimmed):
     traced graphs and TensorFlow's instantiated copies go once the step
     itself does. The trainer releases a meta-step when a new phase's step
     supersedes it (METANAS' warm-up, MAML++'s derivative-order annealing): a
-    short METANAS run across the warm-up peaked 285-289 MB lower
+    short METANAS run across the warm-up peaked 279-283 MB lower
     (docs/performance.md, "Session 21").
 
     What a step records is every registration made while it traced: also
