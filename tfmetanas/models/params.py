@@ -291,6 +291,18 @@ class Packing:
         return out
 
 
+def assigned_since(scope, given):
+    """Ids of the variables a call assigned inside the `keras.StatelessScope` `scope`.
+
+    `given` is a copy of ``scope.state_mapping`` taken before the call; a
+    variable counts when the scope now maps it to another value, or maps it and
+    did not before. Used where such an assignment would be lost (recomputed
+    calls, a supernet's gathered candidates) to refuse it.
+    """
+    mapping = scope.state_mapping
+    return {k for k in mapping.keys() | given.keys() if mapping.get(k) is not given.get(k)}
+
+
 def shared_constant(value, dtype=tf.int32):
     """`value` (a number or a nested list: a shape, reduction axes, an epsilon) as a
     tensor of `dtype`, one `Const` node per traced graph, value and dtype.

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfmetanas import errors
+from tfmetanas.models import params as params_lib
 
 
 def recomputed_call(layer, fn, *args):
@@ -50,8 +51,8 @@ def recomputed_call(layer, fn, *args):
         with keras.StatelessScope(state_mapping=list(zip(variables, var_values))) as scope:
             given = dict(scope.state_mapping)
             out = fn(*tf.nest.pack_sequence_as(args, filled))
-            changed = [v.path for v in variables
-                       if scope.state_mapping.get(id(v)) is not given.get(id(v))]
+            assigned = params_lib.assigned_since(scope, given)
+            changed = [v.path for v in variables if id(v) in assigned]
         if changed:
             raise errors.ConfigError(
                 f"A recomputed call of {layer.name} assigned {changed[:3]}; the update would be "

@@ -316,8 +316,7 @@ class Choice(Module):
                 scope.add_update((column[0], value))
             given = dict(scope.state_mapping)
             y, template_updates = template.forward(x, training)
-            if any(scope.state_mapping.get(k) is not v for k, v in given.items()) or len(
-                    scope.state_mapping) != len(given):
+            if params_lib.assigned_since(scope, given):
                 raise errors.ConfigError(
                     f"{self.name}: a candidate's forward pass assigned a variable, which "
                     "selection='gather' would lose; return BN updates from forward instead.")
