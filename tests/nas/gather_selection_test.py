@@ -159,6 +159,29 @@ class _Untold(sn.Module):
         return (x * x if self.squared else x), []
 
 
+class _Assigning(sn.Module):
+    """A module whose forward pass assigns its variable (instead of returning the update)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+    def gather_settings(self):
+        return ()
+
+    def forward(self, x, training=False):
+        self.count.assign(self.count + 1.0)
+        return x, []
+
+
+def test_a_forward_pass_that_assigns_a_variable_is_refused():
+    # A gathered choice runs the template candidate in a stateless scope: the
+    # assignment would be lost, so the call is refused (params.assigned_since).
+    choice = sn.Choice([_Assigning(), _Assigning()], "gather")
+    with pytest.raises(errors.ConfigError, match="assigned a variable"):
+        choice.forward_choice(tf.ones([1, 2, 2, 1]), tf.constant(1), True)
+
+
 _OTHER = {
     "stride": lambda: mobilenet.mbconv(8, 8, 3, 3, 2, 0.25, BN),
     "squeeze-excite": lambda: mobilenet.mbconv(8, 8, 3, 3, 1, 0.0, BN),
